@@ -1,0 +1,67 @@
+# Shared by script/server, script/test and script/bench: one way to get a local PostgreSQL.
+# A throwaway cluster of the installed PostgreSQL server, in a git-ignored folder of the checkout,
+# listening on 127.0.0.1 only with trust auth. Source this file, then call pg_up NAME PORT.
+
+pg_bindir() { pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+
+# Installs Debian's PostgreSQL server when it is missing (as root; a normal user is told what to run).
+pg_install() {
+  if [ -x "$(pg_bindir)/initdb" ]; then return 0; fi
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "PostgreSQL server not found: run 'sudo apt-get install -y postgresql' once." >&2
+    return 1
+  fi
+  echo "Installing PostgreSQL from Debian's packages..." >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  # Debian's package starts its own cluster on 5432; ours does not need it.
+  command -v pg_ctlcluster >/dev/null && pg_lsclusters -h 2>/dev/null | while read -r v c _; do
+    pg_ctlcluster "$v" "$c" stop 2>/dev/null || true; done
+  [ -x "$(pg_bindir)/initdb" ]
+}
+
+# Runs a server program as the cluster's owner: initdb and postgres refuse to run as root.
+pg_as_owner() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# pg_up NAME PORT: starts (creating if needed) the cluster NAME on PORT and sets PGDATA_DIR and
+# PG_CONNECTION (an Npgsql connection string for database NAME's default, 'postgres').
+pg_up() {
+  local name=$1 port=$2 bin root
+  pg_install || return 1
+  bin=$(pg_bindir)
+  root=$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)
+  PGDATA_DIR="$root/.pg/$name"
+  # As root the cluster belongs to 'postgres', which must be able to reach the folder; a checkout
+  # under a private home folder is not, so the cluster then lives under /tmp instead.
+  if [ "$(id -u)" -eq 0 ] && ! runuser -u postgres -- test -x "$root"; then
+    PGDATA_DIR="/tmp/asyncormapi-pg-$(printf %s "$root" | md5sum | cut -c1-8)/$name"
+  fi
+  mkdir -p "$PGDATA_DIR"
+  [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$PGDATA_DIR" && chmod 700 "$PGDATA_DIR"
+  if [ ! -f "$PGDATA_DIR/PG_VERSION" ]; then
+    pg_as_owner "$bin/initdb" -D "$PGDATA_DIR" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null || return 1
+  fi
+  if ! "$bin/pg_isready" -q -h 127.0.0.1 -p "$port"; then
+    pg_as_owner "$bin/pg_ctl" -D "$PGDATA_DIR" -l "$PGDATA_DIR/server.log" -w -t 60 \
+      -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=200" start >/dev/null \
+      || { tail -n 20 "$PGDATA_DIR/server.log" >&2; return 1; }
+  fi
+  PG_PORT=$port
+  export PGDATA_DIR PG_PORT
+}
+
+pg_down() {
+  [ -n "${PGDATA_DIR:-}" ] && [ -f "$PGDATA_DIR/postmaster.pid" ] &&
+    pg_as_owner "$(pg_bindir)/pg_ctl" -D "$PGDATA_DIR" -m fast -w stop >/dev/null 2>&1
+  return 0
+}
+
+# pg_createdb DB: creates database DB in the running cluster unless it exists.
+pg_createdb() {
+  local psql="$(pg_bindir)/psql -h 127.0.0.1 -p $PG_PORT -U postgres -XAtq"
+  [ "$($psql -d postgres -c "select 1 from pg_database where datname = '$1'")" = 1 ] ||
+    $psql -d postgres -c "create database \"$1\"" >/dev/null
+}
+
+pg_connection() { echo "Host=127.0.0.1;Port=$PG_PORT;Database=$1;Username=postgres"; }

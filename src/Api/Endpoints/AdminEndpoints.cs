@@ -1,0 +1,41 @@
+using AsyncOrmApi.Data;
+using AsyncOrmApi.Http;
+using Microsoft.AspNetCore.Http.HttpResults;
+
+namespace AsyncOrmApi.Endpoints;
+
+/// <summary>The seed's set-up steps: drop_all/create_all and add_all.</summary>
+public static class AdminEndpoints
+{
+    public const int MaxCopies = 1_000_000;
+
+    public static IEndpointRouteBuilder MapAdmin(this IEndpointRouteBuilder routes)
+    {
+        var admin = routes.MapGroup("/").WithTags("Admin");
+
+        admin.MapPost("/reset", Reset).WithName("Reset")
+            .WithSummary("Drops and creates the tables a and b (all rows are lost)");
+        admin.MapPost("/seed", Seed).WithName("Seed")
+            .WithSummary("Adds the seed's graph: A a1 with 2 B, a2 with 1, a3 with 2")
+            .WithDescription($"`count` adds that many copies of the graph (1 to {MaxCopies:N0}) in one transaction.")
+            .ProducesValidationProblem();
+
+        return routes;
+    }
+
+    static async Task<NoContent> Reset(AppDb db, CancellationToken ct)
+    {
+        await db.ResetTablesAsync(ct);
+        return TypedResults.NoContent();
+    }
+
+    static async Task<Results<Created<SeedCounts>, ValidationProblem>> Seed(AppDb db, CancellationToken ct, int count = 1)
+    {
+        if (count is < 1 or > MaxCopies)
+            return Problems.Invalid("count", $"count must be between 1 and {MaxCopies:N0}; it was {count}.");
+
+        await db.AddCopiesAsync(count, ct);
+        var graph = SeedGraph.Build();
+        return TypedResults.Created("/a", new SeedCounts(count * graph.Length, count * graph.Sum(a => a.Bs.Count)));
+    }
+}

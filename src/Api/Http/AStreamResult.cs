@@ -1,0 +1,64 @@
+using System.Buffers;
+using System.Text.Json;
+using AsyncOrmApi.Data;
+using Microsoft.AspNetCore.Http.Metadata;
+using Microsoft.Net.Http.Headers;
+
+namespace AsyncOrmApi.Http;
+
+/// <summary>
+/// Writes A rows as they come from the database, as one JSON array or, when the client accepts
+/// <c>application/x-ndjson</c>, one A per line. Nothing is buffered beyond one flush window.
+/// </summary>
+public sealed class AStreamResult(IAsyncEnumerable<ADto> rows) : IResult, IEndpointMetadataProvider
+{
+    public const string NdJson = "application/x-ndjson";
+    const int FlushBytes = 16 * 1024;
+
+    public async Task ExecuteAsync(HttpContext http)
+    {
+        var ndjson = http.Request.GetTypedHeaders().Accept.Any(a => a.MediaType.Equals(NdJson, StringComparison.OrdinalIgnoreCase));
+        var response = http.Response;
+        response.ContentType = ndjson ? NdJson : "application/json; charset=utf-8";
+        var body = response.BodyWriter;
+        var ct = http.RequestAborted;
+        await using var json = new Utf8JsonWriter(body, new JsonWriterOptions { SkipValidation = true });
+
+        try
+        {
+            var first = true;
+            if (!ndjson)
+                json.WriteStartArray();
+            await foreach (var a in rows.WithCancellation(ct))
+            {
+                JsonSerializer.Serialize(json, a, WireJson.Default.ADto);
+                json.Flush();
+                if (ndjson)
+                {
+                    body.Write("\n"u8);
+                    json.Reset();
+                }
+                // The first row goes out at once; after that, full windows only.
+                if (first || body.UnflushedBytes >= FlushBytes)
+                    await body.FlushAsync(ct);
+                first = false;
+            }
+            if (!ndjson)
+                json.WriteEndArray();
+            await json.FlushAsync(ct);
+        }
+        catch (Exception) when (response.HasStarted && !ct.IsCancellationRequested)
+        {
+            // Too late for an error status: a clean end would pass a cut-off body as a whole one
+            // (aspnetcore#32483), so the connection is reset instead.
+            http.RequestServices.GetRequiredService<ILogger<AStreamResult>>()
+                .LogError("A stream failed after its first bytes; the response was aborted.");
+            http.Abort();
+            throw;
+        }
+    }
+
+    public static void PopulateMetadata(System.Reflection.MethodInfo method, EndpointBuilder builder) =>
+        builder.Metadata.Add(new ProducesResponseTypeMetadata(StatusCodes.Status200OK, typeof(IEnumerable<ADto>),
+            ["application/json", NdJson]));
+}

@@ -1,0 +1,70 @@
+using System.Text.Json;
+using Microsoft.AspNetCore.Diagnostics;
+using Microsoft.AspNetCore.Http.HttpResults;
+
+namespace AsyncOrmApi.Http;
+
+/// <summary>
+/// The one place that shapes errors: every 4xx and 5xx leaves as <c>application/problem+json</c>, from a
+/// handler (the factories below), from the framework (status code pages) or from an exception (the handler).
+/// </summary>
+public static class Problems
+{
+    public static IServiceCollection AddProblems(this IServiceCollection services)
+    {
+        services.AddProblemDetails();
+        services.AddExceptionHandler<ExceptionToProblem>();
+        // Body and parameter binding failures become exceptions the handler answers with their own
+        // status (400, 413, 415) and a detail that names the field; otherwise they are an empty 400.
+        services.Configure<RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);
+        return services;
+    }
+
+    public static WebApplication UseProblems(this WebApplication app)
+    {
+        app.UseExceptionHandler();
+        app.UseStatusCodePages();
+        return app;
+    }
+
+    public static ProblemHttpResult NoA() =>
+        TypedResults.Problem(statusCode: StatusCodes.Status404NotFound, title: "No A",
+            detail: "Table a has no rows: POST /seed adds the seed's graph.");
+
+    public static ValidationProblem Invalid(string field, string message) =>
+        TypedResults.ValidationProblem(new Dictionary<string, string[]> { [field] = [message] },
+            detail: message);
+
+    public static ValidationProblem? Validate(PatchA patch) => patch.Data switch
+    {
+        null => Invalid("data", "data is required: a string (it may be empty)."),
+        var s when s.Contains('\0') => Invalid("data", "data must not contain the NUL character (U+0000): PostgreSQL text cannot store it."),
+        _ => null,
+    };
+
+    /// <summary>Answers exceptions that escape a handler; anything unexpected is a 500 without internals.</summary>
+    sealed class ExceptionToProblem(IProblemDetailsService problems, IHostEnvironment env) : IExceptionHandler
+    {
+        public ValueTask<bool> TryHandleAsync(HttpContext http, Exception exception, CancellationToken ct)
+        {
+            var (status, title, detail) = exception switch
+            {
+                BadHttpRequestException bad => (bad.StatusCode, "Bad request", Describe(bad)),
+                _ => (StatusCodes.Status500InternalServerError, "Internal server error",
+                    env.IsDevelopment() ? exception.ToString() : "The server failed to answer; the error is logged."),
+            };
+            http.Response.StatusCode = status;
+            return problems.TryWriteAsync(new()
+            {
+                HttpContext = http,
+                Exception = exception,
+                ProblemDetails = { Status = status, Title = title, Detail = detail },
+            });
+        }
+
+        // The framework's message names the parameter; the JSON reader's names the path and position.
+        static string Describe(BadHttpRequestException bad) => bad.InnerException is JsonException json
+            ? $"{bad.Message} {json.Message}"
+            : bad.Message;
+    }
+}

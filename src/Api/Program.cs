@@ -1,0 +1,30 @@
+using AsyncOrmApi;
+using AsyncOrmApi.Data;
+using AsyncOrmApi.Endpoints;
+using AsyncOrmApi.Http;
+
+var builder = WebApplication.CreateBuilder(args);
+
+// Database: PostgreSQL through EF Core, one DbContext per request.
+builder.AddDatabase();
+
+// HTTP: one JSON setup, one error shape.
+builder.Services.ConfigureHttpJsonOptions(o => o.SerializerOptions.TypeInfoResolverChain.Insert(0, WireJson.Default));
+builder.Services.AddProblems();
+
+// OpenAPI document and Swagger UI, in every environment.
+builder.Services.AddApiDocs();
+
+var app = builder.Build();
+
+app.UseProblems();
+app.UseApiDocs();
+
+await app.CreateMissingTablesAsync();
+
+app.MapAdmin();
+app.MapA();
+
+app.Run();
+
+public partial class Program;

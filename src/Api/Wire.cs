@@ -1,0 +1,30 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using Microsoft.AspNetCore.Mvc;
+
+namespace AsyncOrmApi;
+
+/// <summary>An A as the API sends it: <c>{"id","data","bs"}</c>.</summary>
+public sealed record ADto(int Id, string? Data, List<BDto> Bs);
+
+/// <summary>A B as the API sends it: <c>{"id","aId","data"}</c>.</summary>
+public sealed record BDto(int Id, int? AId, string? Data);
+
+/// <summary>Body of <c>PATCH /a/first</c>: the new value of the first A's <c>data</c>.</summary>
+public sealed record PatchA(string? Data);
+
+/// <summary>How many rows <c>POST /seed</c> added.</summary>
+public sealed record SeedCounts(int A, int B);
+
+/// <summary>
+/// The one JSON setup of the API (web defaults: camelCase), source-generated so the hot paths
+/// serialize without reflection.
+/// </summary>
+[JsonSourceGenerationOptions(JsonSerializerDefaults.Web)]
+[JsonSerializable(typeof(ADto))]
+[JsonSerializable(typeof(List<ADto>))]
+[JsonSerializable(typeof(PatchA))]
+[JsonSerializable(typeof(SeedCounts))]
+[JsonSerializable(typeof(ProblemDetails))]
+[JsonSerializable(typeof(HttpValidationProblemDetails))]
+public sealed partial class WireJson : JsonSerializerContext;

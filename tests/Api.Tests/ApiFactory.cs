@@ -1,0 +1,138 @@
+using System.Net.Http.Json;
+using AsyncOrmApi.Data;
+using DotNet.Testcontainers.Configurations;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Mvc.Testing;
+using Microsoft.Extensions.DependencyInjection;
+using Npgsql;
+using Testcontainers.PostgreSql;
+
+namespace AsyncOrmApi.Tests;
+
+/// <summary>
+/// The API on a real PostgreSQL, one database per test collection. Where a Docker engine answers, the
+/// server is a Testcontainers PostgreSQL; otherwise it is the local cluster script/test started, named
+/// by TEST_POSTGRES (a connection string with the right to create databases).
+/// </summary>
+public sealed class ApiFactory : WebApplicationFactory<Program>, IAsyncLifetime
+{
+    public const string Image = "postgres:15.14-alpine";
+
+    PostgreSqlContainer? _container;
+
+    /// <summary>Connection string of this collection's own database.</summary>
+    public string ConnectionString { get; private set; } = "";
+
+    /// <summary>Connection string of the server's maintenance database, for creating and dropping databases.</summary>
+    public string ServerConnectionString { get; private set; } = "";
+
+    public bool InContainer => _container is not null;
+
+    public async Task InitializeAsync()
+    {
+        if (TestcontainersSettings.OS.DockerEndpointAuthConfig is not null)
+        {
+            _container = new PostgreSqlBuilder(Image).Build();
+            await _container.StartAsync();
+            ServerConnectionString = _container.GetConnectionString();
+        }
+        else
+        {
+            ServerConnectionString = Environment.GetEnvironmentVariable("TEST_POSTGRES")
+                ?? throw new InvalidOperationException(
+                    "No Docker engine answers and TEST_POSTGRES is not set: run the tests with script/test, "
+                    + "which starts a local PostgreSQL.");
+        }
+        ConnectionString = await CreateDatabaseAsync("asyncormapi_test_" + Guid.NewGuid().ToString("N")[..12]);
+    }
+
+    async Task IAsyncLifetime.DisposeAsync()
+    {
+        await base.DisposeAsync();
+        if (_container is not null)
+            await _container.DisposeAsync();
+        else
+            await DropDatabaseAsync(ConnectionString);
+    }
+
+    protected override void ConfigureWebHost(IWebHostBuilder builder)
+    {
+        builder.UseEnvironment("Development");
+        builder.UseSetting("ConnectionStrings:Default", ConnectionString);
+        builder.UseSetting("Database:LogSql", "false");
+        builder.UseSetting("Logging:LogLevel:Default", "Warning");
+    }
+
+    /// <summary>A new empty database on the same server; returns its connection string.</summary>
+    public async Task<string> CreateDatabaseAsync(string name)
+    {
+        await using (var server = new NpgsqlConnection(ServerConnectionString))
+        {
+            await server.OpenAsync();
+            await new NpgsqlCommand($"CREATE DATABASE \"{name}\"", server).ExecuteNonQueryAsync();
+        }
+        return new NpgsqlConnectionStringBuilder(ServerConnectionString) { Database = name }.ConnectionString;
+    }
+
+    public async Task DropDatabaseAsync(string connectionString)
+    {
+        NpgsqlConnection.ClearAllPools();
+        var name = new NpgsqlConnectionStringBuilder(connectionString).Database;
+        await using var server = new NpgsqlConnection(ServerConnectionString);
+        await server.OpenAsync();
+        await new NpgsqlCommand($"DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)", server).ExecuteNonQueryAsync();
+    }
+
+    /// <summary>Drops and creates the tables, as POST /reset does, but without going through HTTP.</summary>
+    public async Task ResetAsync()
+    {
+        await using var scope = Services.CreateAsyncScope();
+        await scope.ServiceProvider.GetRequiredService<AppDb>().ResetTablesAsync();
+    }
+
+    /// <summary>One value straight from the database, to check what the API left there.</summary>
+    public async Task<T> ScalarAsync<T>(string sql)
+    {
+        await using var conn = new NpgsqlConnection(ConnectionString);
+        await conn.OpenAsync();
+        return (T)(await new NpgsqlCommand(sql, conn).ExecuteScalarAsync())!;
+    }
+
+    public async Task ExecuteAsync(string sql)
+    {
+        await using var conn = new NpgsqlConnection(ConnectionString);
+        await conn.OpenAsync();
+        await new NpgsqlCommand(sql, conn).ExecuteNonQueryAsync();
+    }
+
+    /// <summary>The tables' rows as text, to compare the database before and after a request.</summary>
+    public Task<string> SnapshotAsync() => ScalarAsync<string>(
+        "SELECT coalesce((SELECT string_agg(format('a %s %L', id, data), E'\\n' ORDER BY id) FROM a), '') || E'\\n--\\n' || "
+        + "coalesce((SELECT string_agg(format('b %s %s %L', id, a_id, data), E'\\n' ORDER BY id) FROM b), '')");
+
+    public async Task SeedAsync(int count = 1)
+    {
+        var response = await CreateClient().PostAsync($"/seed?count={count}", null);
+        response.EnsureSuccessStatusCode();
+    }
+
+    public async Task<List<ADto>> GetAllAsync() =>
+        (await CreateClient().GetFromJsonAsync<List<ADto>>("/a"))!;
+}
+
+[CollectionDefinition(Name)]
+public sealed class ApiCollection : ICollectionFixture<ApiFactory>
+{
+    public const string Name = "api";
+}
+
+/// <summary>Every test starts on empty tables of the collection's database.</summary>
+[Collection(ApiCollection.Name)]
+public abstract class ApiTest(ApiFactory api) : IAsyncLifetime
+{
+    protected ApiFactory Api { get; } = api;
+    protected HttpClient Client { get; } = api.CreateClient(new() { AllowAutoRedirect = false });
+
+    public Task InitializeAsync() => Api.ResetAsync();
+    public Task DisposeAsync() => Task.CompletedTask;
+}

@@ -1,6 +1,7 @@
 using AsyncOrmApi.Data;
 using AsyncOrmApi.Http;
 using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.AspNetCore.Mvc;
 using Microsoft.EntityFrameworkCore;
 
 namespace AsyncOrmApi.Endpoints;
@@ -38,7 +39,7 @@ public static class AEndpoints
     static AStreamResult Stream(AppDb db) => new(Queries.AllA(db));
 
     static async Task<Results<Ok<ADto>, ValidationProblem, ProblemHttpResult>> PatchFirst(
-        PatchA patch, AppDb db, CancellationToken ct)
+        [FromBody] PatchA patch, AppDb db, CancellationToken ct)
     {
         if (Problems.Validate(patch) is { } invalid)
             return invalid;

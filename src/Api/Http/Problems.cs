@@ -12,7 +12,7 @@ public static class Problems
 {
     public static IServiceCollection AddProblems(this IServiceCollection services)
     {
-        services.AddProblemDetails();
+        services.AddProblemDetails(o => o.CustomizeProblemDetails = c => c.ProblemDetails.Detail ??= DefaultDetail(c.HttpContext, c.ProblemDetails.Status));
         services.AddExceptionHandler<ExceptionToProblem>();
         // Body and parameter binding failures become exceptions the handler answers with their own
         // status (400, 413, 415) and a detail that names the field; otherwise they are an empty 400.
@@ -26,6 +26,16 @@ public static class Problems
         app.UseStatusCodePages();
         return app;
     }
+
+    // Status code pages know only the status; say what the client can do about it.
+    static string? DefaultDetail(HttpContext http, int? status) => status switch
+    {
+        StatusCodes.Status404NotFound => $"No endpoint at {http.Request.Path}: the operations are listed at /swagger.",
+        StatusCodes.Status405MethodNotAllowed =>
+            $"{http.Request.Method} is not allowed on {http.Request.Path}; the Allow header lists the methods that are.",
+        StatusCodes.Status415UnsupportedMediaType => "The body must be JSON, sent with Content-Type: application/json.",
+        _ => null,
+    };
 
     public static ProblemHttpResult NoA() =>
         TypedResults.Problem(statusCode: StatusCodes.Status404NotFound, title: "No A",
@@ -62,9 +72,16 @@ public static class Problems
             });
         }
 
-        // The framework's message names the parameter; the JSON reader's names the path and position.
-        static string Describe(BadHttpRequestException bad) => bad.InnerException is JsonException json
-            ? $"{bad.Message} {json.Message}"
-            : bad.Message;
+        // The framework's message names the parameter; the JSON reader's, the place in the body. A value of
+        // the wrong type is told by its path alone: the reader's words would name a .NET type.
+        static string Describe(BadHttpRequestException bad) => bad.InnerException switch
+        {
+            JsonException { InnerException: JsonException syntax } => $"{bad.Message} The body is not valid JSON: {syntax.Message}",
+            JsonException { InnerException: { } cause } json => $"{bad.Message} The value at {json.Path} is not valid: {cause.Message}",
+            JsonException { Path: { } path } json when json.Message.StartsWith("The JSON value could not be converted") =>
+                $"{bad.Message} The value at {path} has the wrong type (line {json.LineNumber}, byte {json.BytePositionInLine}).",
+            JsonException json => $"{bad.Message} {json.Message}",
+            _ => bad.Message,
+        };
     }
 }

@@ -1,0 +1,61 @@
+using System.Net;
+using System.Text.Json;
+
+namespace AsyncOrmApi.Tests;
+
+public sealed class OpenApiTests(ApiFactory api) : ApiTest(api)
+{
+    [Fact]
+    public async Task The_document_describes_every_operation_with_its_responses()
+    {
+        var response = await Client.GetAsync("/swagger/v1/swagger.json");
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        var doc = JsonDocument.Parse(await response.Content.ReadAsStringAsync()).RootElement;
+
+        var info = doc.GetProperty("info");
+        Assert.Equal("AsyncOrmApi", info.GetProperty("title").GetString());
+        Assert.Equal("v1", info.GetProperty("version").GetString());
+        Assert.Contains("async_orm.py", info.GetProperty("description").GetString());
+
+        string[][] expected =
+        [
+            ["/reset", "post", "Admin", "204"],
+            ["/seed", "post", "Admin", "201 400"],
+            ["/a", "get", "A", "200"],
+            ["/a/first", "get", "A", "200 404"],
+            ["/a/stream", "get", "A", "200"],
+            ["/a/first", "patch", "A", "200 400 404"],
+        ];
+        var paths = doc.GetProperty("paths");
+        Assert.Equal(expected.Select(e => e[0]).Distinct().Order(), paths.EnumerateObject().Select(p => p.Name).Order());
+        foreach (var e in expected)
+        {
+            var op = paths.GetProperty(e[0]).GetProperty(e[1]);
+            Assert.False(string.IsNullOrWhiteSpace(op.GetProperty("summary").GetString()), $"{e[1]} {e[0]} has a summary");
+            Assert.False(string.IsNullOrWhiteSpace(op.GetProperty("operationId").GetString()), $"{e[1]} {e[0]} has a name");
+            Assert.Equal(e[2], op.GetProperty("tags")[0].GetString());
+            var codes = op.GetProperty("responses").EnumerateObject().Select(r => r.Name).ToHashSet();
+            Assert.Superset(e[3].Split(' ').ToHashSet(), codes);
+            foreach (var code in codes.Where(c => c[0] is '4' or '5'))
+                Assert.True(op.GetProperty("responses").GetProperty(code).GetProperty("content").TryGetProperty("application/problem+json", out _),
+                    $"{e[1]} {e[0]} {code} is documented as problem+json");
+        }
+
+        var stream = paths.GetProperty("/a/stream").GetProperty("get").GetProperty("responses").GetProperty("200").GetProperty("content");
+        Assert.True(stream.TryGetProperty("application/x-ndjson", out _));
+        Assert.True(stream.TryGetProperty("application/json", out _));
+    }
+
+    [Fact]
+    public async Task Swagger_ui_serves_and_the_root_redirects_to_it()
+    {
+        var root = await Client.GetAsync("/");
+        Assert.Equal(HttpStatusCode.Redirect, root.StatusCode);
+        Assert.Equal("/swagger", root.Headers.Location?.OriginalString);
+
+        var ui = await Client.GetAsync("/swagger/index.html");
+        Assert.Equal(HttpStatusCode.OK, ui.StatusCode);
+        Assert.Equal("text/html", ui.Content.Headers.ContentType?.MediaType);
+        Assert.Contains("swagger-ui", await ui.Content.ReadAsStringAsync());
+    }
+}

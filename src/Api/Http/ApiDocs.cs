@@ -1,4 +1,5 @@
 using Microsoft.OpenApi;
+using Swashbuckle.AspNetCore.SwaggerGen;
 
 namespace AsyncOrmApi.Http;
 
@@ -8,14 +9,37 @@ public static class ApiDocs
     public static IServiceCollection AddApiDocs(this IServiceCollection services)
     {
         services.AddEndpointsApiExplorer();
-        services.AddSwaggerGen(o => o.SwaggerDoc("v1", new OpenApiInfo
+        services.AddSwaggerGen(o =>
         {
-            Title = "AsyncOrmApi",
-            Version = "v1",
-            Description = "SQLAlchemy's asyncio ORM example (async_orm.py) served over HTTP on EF Core and PostgreSQL: "
-                + "reset the tables, seed the A/B graph, read it buffered or streamed, rename the first A.",
-        }));
+            o.SwaggerDoc("v1", new OpenApiInfo
+            {
+                Title = "AsyncOrmApi",
+                Version = "v1",
+                Description = "SQLAlchemy's asyncio ORM example (async_orm.py) served over HTTP on EF Core and PostgreSQL: "
+                    + "reset the tables, seed the A/B graph, read it buffered or streamed, rename the first A.",
+            });
+            o.AddSecurityDefinition(AdminKeyScheme, new OpenApiSecurityScheme
+            {
+                Type = SecuritySchemeType.ApiKey,
+                In = ParameterLocation.Header,
+                Name = AdminKey.Header,
+                Description = "The admin key (setting Admin:ApiKey) for POST /reset and POST /seed; not needed in Development.",
+            });
+            o.OperationFilter<AdminKeyRequirement>();
+        });
         return services;
+    }
+
+    const string AdminKeyScheme = "AdminKey";
+
+    /// <summary>Puts the admin key on the operations that take it, so Swagger UI's Authorize button sends it.</summary>
+    sealed class AdminKeyRequirement : IOperationFilter
+    {
+        public void Apply(OpenApiOperation operation, OperationFilterContext context)
+        {
+            if (context.ApiDescription.ActionDescriptor.EndpointMetadata.OfType<AdminKeyMetadata>().Any())
+                operation.Security = [new() { [new OpenApiSecuritySchemeReference(AdminKeyScheme, context.Document)] = [] }];
+        }
     }
 
     public static WebApplication UseApiDocs(this WebApplication app)

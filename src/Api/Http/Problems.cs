@@ -41,6 +41,18 @@ public static class Problems
         TypedResults.Problem(statusCode: StatusCodes.Status404NotFound, title: "No A",
             detail: "Table a has no rows: POST /seed adds the seed's graph.");
 
+    public static ProblemHttpResult AdminOff() =>
+        TypedResults.Problem(statusCode: StatusCodes.Status403Forbidden, title: "Admin endpoints are off",
+            detail: "No admin key is configured on the server: set Admin__ApiKey to turn POST /reset and POST /seed on.");
+
+    public static ProblemHttpResult AdminKeyMissing() =>
+        TypedResults.Problem(statusCode: StatusCodes.Status401Unauthorized, title: "Admin key required",
+            detail: $"Send the admin key in the {AdminKey.Header} header.");
+
+    public static ProblemHttpResult AdminKeyWrong() =>
+        TypedResults.Problem(statusCode: StatusCodes.Status403Forbidden, title: "Wrong admin key",
+            detail: $"The {AdminKey.Header} header does not hold the admin key.");
+
     public static ValidationProblem Invalid(string field, string message) =>
         TypedResults.ValidationProblem(new Dictionary<string, string[]> { [field] = [message] },
             detail: message);

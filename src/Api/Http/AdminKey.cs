@@ -1,0 +1,48 @@
+using System.Security.Cryptography;
+using System.Text;
+
+namespace AsyncOrmApi.Http;
+
+/// <summary>
+/// Guards the destructive endpoints: open in Development (so Swagger UI's "Try it out" works), elsewhere
+/// they need <c>X-Api-Key</c> equal to <c>Admin:ApiKey</c>, and with no key configured they are off.
+/// </summary>
+public static class AdminKey
+{
+    public const string Header = "X-Api-Key";
+    public const string Setting = "Admin:ApiKey";
+
+    public static RouteGroupBuilder RequireAdminKey(this RouteGroupBuilder group)
+    {
+        var services = ((IEndpointRouteBuilder)group).ServiceProvider;
+        var env = services.GetRequiredService<IHostEnvironment>();
+        var key = services.GetRequiredService<IConfiguration>()[Setting];
+
+        group.ProducesProblem(StatusCodes.Status401Unauthorized).ProducesProblem(StatusCodes.Status403Forbidden)
+            .WithMetadata(new AdminKeyMetadata());
+        if (env.IsDevelopment())
+            return group;
+
+        if (string.IsNullOrEmpty(key))
+            services.GetRequiredService<ILoggerFactory>().CreateLogger(typeof(AdminKey)).LogWarning(
+                "POST /reset and POST /seed are off: no admin key is configured. Set {Setting} (environment variable "
+                + "Admin__ApiKey) and send it in the {Header} header to turn them on.", Setting, Header);
+
+        // Hashing first makes the comparison take the same time whatever the length or content of the guess.
+        var expected = string.IsNullOrEmpty(key) ? null : SHA256.HashData(Encoding.UTF8.GetBytes(key));
+        return group.AddEndpointFilter((context, next) =>
+        {
+            var sent = context.HttpContext.Request.Headers[Header].ToString();
+            if (expected is null)
+                return ValueTask.FromResult<object?>(Problems.AdminOff());
+            if (sent.Length == 0)
+                return ValueTask.FromResult<object?>(Problems.AdminKeyMissing());
+            if (!CryptographicOperations.FixedTimeEquals(expected, SHA256.HashData(Encoding.UTF8.GetBytes(sent))))
+                return ValueTask.FromResult<object?>(Problems.AdminKeyWrong());
+            return next(context);
+        });
+    }
+}
+
+/// <summary>Marks the operations that take the admin key, for the OpenAPI document.</summary>
+public sealed class AdminKeyMetadata;

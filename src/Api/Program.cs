@@ -24,6 +24,7 @@ await app.CreateMissingTablesAsync();
 
 app.MapAdmin();
 app.MapA();
+app.MapHealth();
 
 app.Run();
 

@@ -16,6 +16,9 @@ public sealed record PatchA(string? Data);
 /// <summary>How many rows <c>POST /seed</c> added.</summary>
 public sealed record SeedCounts(int A, int B);
 
+/// <summary>Answer of the health probes.</summary>
+public sealed record HealthStatus(string Status);
+
 /// <summary>
 /// The one JSON setup of the API (web defaults: camelCase), source-generated so the hot paths
 /// serialize without reflection.
@@ -25,6 +28,7 @@ public sealed record SeedCounts(int A, int B);
 [JsonSerializable(typeof(List<ADto>))]
 [JsonSerializable(typeof(PatchA))]
 [JsonSerializable(typeof(SeedCounts))]
+[JsonSerializable(typeof(HealthStatus))]
 [JsonSerializable(typeof(ProblemDetails))]
 [JsonSerializable(typeof(HttpValidationProblemDetails))]
 public sealed partial class WireJson : JsonSerializerContext;

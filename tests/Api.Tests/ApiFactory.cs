@@ -2,6 +2,9 @@ using System.Net.Http.Json;
 using AsyncOrmApi.Data;
 using DotNet.Testcontainers.Configurations;
 using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http.Features;
 using Microsoft.AspNetCore.Mvc.Testing;
 using Microsoft.Extensions.DependencyInjection;
 using Npgsql;
@@ -44,6 +47,13 @@ public sealed class ApiFactory : WebApplicationFactory<Program>, IAsyncLifetime
                     + "which starts a local PostgreSQL.");
         }
         ConnectionString = await CreateDatabaseAsync("asyncormapi_test_" + Guid.NewGuid().ToString("N")[..12]);
+
+        // Real Kestrel on a free loopback port, not the in-memory TestServer: body size limits, aborted
+        // responses and connection resets behave as they do in production.
+        UseKestrel(0);
+        StartServer();
+        ClientOptions.BaseAddress = new(Services.GetRequiredService<IServer>().Features
+            .GetRequiredFeature<IServerAddressesFeature>().Addresses.First());
     }
 
     async Task IAsyncLifetime.DisposeAsync()
@@ -131,7 +141,7 @@ public sealed class ApiCollection : ICollectionFixture<ApiFactory>
 public abstract class ApiTest(ApiFactory api) : IAsyncLifetime
 {
     protected ApiFactory Api { get; } = api;
-    protected HttpClient Client { get; } = api.CreateClient(new() { AllowAutoRedirect = false });
+    protected HttpClient Client { get; } = api.CreateClient();
 
     public Task InitializeAsync() => Api.ResetAsync();
     public Task DisposeAsync() => Task.CompletedTask;

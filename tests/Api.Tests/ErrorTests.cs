@@ -1,5 +1,7 @@
 using System.Net;
+using System.Net.Http.Json;
 using System.Text;
+using Microsoft.AspNetCore.Hosting;
 using static AsyncOrmApi.Tests.Assertions;
 
 namespace AsyncOrmApi.Tests;
@@ -26,6 +28,14 @@ public sealed class ErrorTests(ApiFactory api) : ApiTest(api)
         { "PATCH", "/a/first", "application/json", """{"data": "lone \ud800 surrogate"}""", 400, "surrogate" },
         { "PATCH", "/a/first", "text/plain", "new data", 415, "application/json" },
         { "POST", "/seed?count=0", null, null, 400, "count" },
+        { "POST", "/seed?count=-5", null, null, 400, "count" },
+        { "POST", "/seed?count=1000001", null, null, 400, "count" },
+        { "POST", "/seed?count=2147483648", null, null, 400, "count" },
+        { "POST", "/seed?count=ten", null, null, 400, "count" },
+        { "POST", "/seed?count=", null, null, 400, "count" },
+        { "GET", "/a/%20", null, null, 404, "/a/" },
+        { "GET", "/a//first", null, null, 404, "/a//first" },
+        { "GET", "/A/FIRST/../../reset", null, null, 405, "GET" },
         { "GET", "/nowhere", null, null, 404, "/nowhere" },
         { "GET", "/a/first/extra", null, null, 404, "/a/first/extra" },
         { "DELETE", "/a", null, null, 405, "DELETE" },
@@ -33,20 +43,68 @@ public sealed class ErrorTests(ApiFactory api) : ApiTest(api)
         { "GET", "/reset", null, null, 405, "GET" },
     };
 
+    [Fact]
+    public async Task A_body_over_the_limit_is_413_and_changes_nothing()
+    {
+        await Api.SeedAsync();
+        var before = await Api.SnapshotAsync();
+        var huge = $$"""{"data": "{{new string('x', 2 * 1024 * 1024)}}"}""";
+        var response = await Client.PatchAsync("/a/first", new StringContent(huge, Encoding.UTF8, "application/json"));
+        await ProblemAsync(response, HttpStatusCode.RequestEntityTooLarge);
+        Assert.Equal(before, await Api.SnapshotAsync());
+    }
+
+    [Fact]
+    public async Task A_body_that_is_not_utf8_is_400_and_changes_nothing()
+    {
+        await Api.SeedAsync();
+        var before = await Api.SnapshotAsync();
+        byte[] body = [.. "{\"data\": \""u8, 0xC3, 0x28, 0xFF, .. "\"}"u8];
+        var content = new ByteArrayContent(body);
+        content.Headers.ContentType = new("application/json");
+        var problem = await ProblemAsync(await Client.PatchAsync("/a/first", content), HttpStatusCode.BadRequest);
+        Assert.Contains("UTF-8", problem.GetProperty("detail").GetString());
+        Assert.Equal(before, await Api.SnapshotAsync());
+    }
+
+    [Theory]
+    [InlineData("Robert'); DROP TABLE a;--")]
+    [InlineData("émoji 🎉 ünïcödé 中文")]
+    [InlineData("")]
+    [InlineData("  leading and trailing  ")]
+    [InlineData("line\nbreak\ttab \"quotes\" \\ backslash")]
+    public async Task Odd_but_valid_text_is_stored_and_returned_verbatim(string data)
+    {
+        await Api.SeedAsync();
+        var response = await Client.PatchAsync("/a/first", JsonContent.Create(new { data }));
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal(data, (await response.Content.ReadFromJsonAsync<ADto>())!.Data);
+        Assert.Equal(data, await Api.ScalarAsync<string>("SELECT data FROM a ORDER BY id LIMIT 1"));
+        Assert.Equal(data, (await Api.GetAllAsync())[0].Data);
+        Assert.Equal(3L, await Api.ScalarAsync<long>("SELECT count(*) FROM a"));
+    }
+
     [Theory]
     [MemberData(nameof(BadRequests))]
     public async Task A_bad_request_is_a_clear_problem_and_changes_nothing(
         string method, string path, string? contentType, string? body, int status, string detailHolds)
     {
+        // In Production too: the admin endpoints need their key there, and no detail may leak internals.
+        using var production = Api.WithWebHostBuilder(b => b.UseEnvironment("Production").UseSetting("Admin:ApiKey", "k"));
+        var client = production.CreateClient();
+        client.DefaultRequestHeaders.Add("X-Api-Key", "k");
         await Api.SeedAsync();
         var before = await Api.SnapshotAsync();
 
         var request = new HttpRequestMessage(new HttpMethod(method), path);
         if (body is not null)
             request.Content = new StringContent(body, Encoding.UTF8, contentType ?? "application/json");
-        var problem = await ProblemAsync(await Client.SendAsync(request), (HttpStatusCode)status);
+        var problem = await ProblemAsync(await client.SendAsync(request), (HttpStatusCode)status);
 
-        Assert.Contains(detailHolds, problem.GetProperty("detail").GetString());
+        var detail = problem.GetProperty("detail").GetString()!;
+        Assert.Contains(detailHolds, detail);
+        Assert.DoesNotContain("Exception", detail);
+        Assert.DoesNotContain("   at ", detail);
         Assert.Equal(before, await Api.SnapshotAsync());
     }
 }

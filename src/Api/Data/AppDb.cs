@@ -20,6 +20,9 @@ public sealed class B
 
 public sealed class AppDb(DbContextOptions<AppDb> options) : DbContext(options)
 {
+    /// <summary>The shadow property mapped to <c>a.xmin</c>, which changes with every update of the row.</summary>
+    public const string Version = "xmin";
+
     public DbSet<A> A => Set<A>();
     public DbSet<B> B => Set<B>();
 
@@ -37,6 +40,8 @@ public sealed class AppDb(DbContextOptions<AppDb> options) : DbContext(options)
             a.HasKey(x => x.Id).HasName("a_pkey");
             a.Property(x => x.Id).HasColumnName("id");
             a.Property(x => x.Data).HasColumnName("data").HasColumnType("varchar");
+            // PostgreSQL's own row version, a system column: ETags without adding a column to the seed's table.
+            a.Property<uint>(Version).IsRowVersion();
             a.HasMany(x => x.Bs).WithOne().HasForeignKey(b => b.AId).HasConstraintName("b_a_id_fkey");
         });
 

@@ -11,7 +11,8 @@ public static class AdminEndpoints
 
     public static IEndpointRouteBuilder MapAdmin(this IEndpointRouteBuilder routes)
     {
-        var admin = routes.MapGroup("/").WithTags("Admin").RequireAdminKey();
+        var admin = routes.MapGroup("/").WithTags("Admin").RequireAdminKey()
+            .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
 
         admin.MapPost("/reset", Reset).WithName("Reset")
             .WithSummary("Drops and creates the tables a and b (all rows are lost)");

@@ -47,14 +47,13 @@ public sealed class AStreamResult(IAsyncEnumerable<ADto> rows) : IResult, IEndpo
                 json.WriteEndArray();
             await json.FlushAsync(ct);
         }
-        catch (Exception) when (response.HasStarted && !ct.IsCancellationRequested)
+        catch (Exception e) when (response.HasStarted && !ct.IsCancellationRequested)
         {
-            // Too late for an error status: a clean end would pass a cut-off body as a whole one
-            // (aspnetcore#32483), so the connection is reset instead.
+            // Too late for an error status, and a clean end would pass a cut-off body for a whole one
+            // (aspnetcore#32483): the connection is reset, which every client sees as a failed response.
             http.RequestServices.GetRequiredService<ILogger<AStreamResult>>()
-                .LogError("A stream failed after its first bytes; the response was aborted.");
+                .LogError(e, "GET {Path} failed after its first bytes; the response was aborted.", http.Request.Path);
             http.Abort();
-            throw;
         }
     }
 

@@ -1,6 +1,7 @@
 using System.Text.Json;
 using Microsoft.AspNetCore.Diagnostics;
 using Microsoft.AspNetCore.Http.HttpResults;
+using Npgsql;
 
 namespace AsyncOrmApi.Http;
 
@@ -37,6 +38,28 @@ public static class Problems
         _ => null,
     };
 
+    /// <summary>How long a client should wait before retrying while PostgreSQL is away.</summary>
+    const int RetryAfterSeconds = 5;
+
+    public static ProblemHttpResult DatabaseDown(HttpResponse response)
+    {
+        response.Headers.RetryAfter = RetryAfterSeconds.ToString();
+        return TypedResults.Problem(statusCode: StatusCodes.Status503ServiceUnavailable, title: "Database unavailable",
+            detail: $"PostgreSQL cannot be reached; nothing was changed. Try again in {RetryAfterSeconds} seconds.");
+    }
+
+    /// <summary>
+    /// An outage, as opposed to a bug: Npgsql could not reach the server or lost it (transient), or the
+    /// server is shutting down or starting up (SQLSTATE 57P01-57P03).
+    /// </summary>
+    public static bool IsDatabaseOutage(Exception exception)
+    {
+        for (var e = exception; e is not null; e = e.InnerException)
+            if (e is PostgresException { SqlState: "57P01" or "57P02" or "57P03" } or NpgsqlException { IsTransient: true })
+                return true;
+        return false;
+    }
+
     public static ProblemHttpResult NoA() =>
         TypedResults.Problem(statusCode: StatusCodes.Status404NotFound, title: "No A",
             detail: "Table a has no rows: POST /seed adds the seed's graph.");
@@ -53,6 +76,11 @@ public static class Problems
         TypedResults.Problem(statusCode: StatusCodes.Status403Forbidden, title: "Wrong admin key",
             detail: $"The {AdminKey.Header} header does not hold the admin key.");
 
+    public static ProblemHttpResult VersionChanged() =>
+        TypedResults.Problem(statusCode: StatusCodes.Status412PreconditionFailed, title: "The first A has changed",
+            detail: "If-Match does not hold the first A's current ETag: nothing was changed. GET /a/first for the "
+                + "current version (this answer's ETag) and try again.");
+
     public static ValidationProblem Invalid(string field, string message) =>
         TypedResults.ValidationProblem(new Dictionary<string, string[]> { [field] = [message] },
             detail: message);
@@ -65,23 +93,20 @@ public static class Problems
     };
 
     /// <summary>Answers exceptions that escape a handler; anything unexpected is a 500 without internals.</summary>
-    sealed class ExceptionToProblem(IProblemDetailsService problems, IHostEnvironment env) : IExceptionHandler
+    sealed class ExceptionToProblem(IHostEnvironment env) : IExceptionHandler
     {
-        public ValueTask<bool> TryHandleAsync(HttpContext http, Exception exception, CancellationToken ct)
+        public async ValueTask<bool> TryHandleAsync(HttpContext http, Exception exception, CancellationToken ct)
         {
-            var (status, title, detail) = exception switch
+            var problem = exception switch
             {
-                BadHttpRequestException bad => (bad.StatusCode, "Bad request", Describe(bad)),
-                _ => (StatusCodes.Status500InternalServerError, "Internal server error",
-                    env.IsDevelopment() ? exception.ToString() : "The server failed to answer; the error is logged."),
+                BadHttpRequestException bad =>
+                    TypedResults.Problem(statusCode: bad.StatusCode, title: "Bad request", detail: Describe(bad)),
+                _ when IsDatabaseOutage(exception) => DatabaseDown(http.Response),
+                _ => TypedResults.Problem(statusCode: StatusCodes.Status500InternalServerError, title: "Internal server error",
+                    detail: env.IsDevelopment() ? exception.ToString() : "The server failed to answer; the error is logged."),
             };
-            http.Response.StatusCode = status;
-            return problems.TryWriteAsync(new()
-            {
-                HttpContext = http,
-                Exception = exception,
-                ProblemDetails = { Status = status, Title = title, Detail = detail },
-            });
+            await problem.ExecuteAsync(http);
+            return true;
         }
 
         // The framework's message names the parameter; the JSON reader's, the place in the body. A value of

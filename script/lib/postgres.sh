@@ -42,13 +42,23 @@ pg_up() {
   if [ ! -f "$PGDATA_DIR/PG_VERSION" ]; then
     pg_as_owner "$bin/initdb" -D "$PGDATA_DIR" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null || return 1
   fi
+  # The settings live in the cluster, so a plain 'pg_ctl start' (the outage tests) brings it back as it was.
+  pg_as_owner tee "$PGDATA_DIR/postgresql.auto.conf" >/dev/null <<CONF
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = ''
+max_connections = 200
+logging_collector = off
+CONF
   if ! "$bin/pg_isready" -q -h 127.0.0.1 -p "$port"; then
-    pg_as_owner "$bin/pg_ctl" -D "$PGDATA_DIR" -l "$PGDATA_DIR/server.log" -w -t 60 \
-      -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=200" start >/dev/null \
-      || { tail -n 20 "$PGDATA_DIR/server.log" >&2; return 1; }
+    pg_ctl_start || { tail -n 20 "$PGDATA_DIR/server.log" >&2; return 1; }
   fi
   PG_PORT=$port
   export PGDATA_DIR PG_PORT
+}
+
+pg_ctl_start() {
+  pg_as_owner "$(pg_bindir)/pg_ctl" -D "$PGDATA_DIR" -l "$PGDATA_DIR/server.log" -w -t 60 start >/dev/null
 }
 
 pg_down() {

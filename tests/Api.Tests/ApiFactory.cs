@@ -1,4 +1,7 @@
+using System.Diagnostics;
+using System.Net;
 using System.Net.Http.Json;
+using System.Net.Sockets;
 using AsyncOrmApi.Data;
 using DotNet.Testcontainers.Configurations;
 using Microsoft.AspNetCore.Hosting;
@@ -35,7 +38,8 @@ public sealed class ApiFactory : WebApplicationFactory<Program>, IAsyncLifetime
     {
         if (TestcontainersSettings.OS.DockerEndpointAuthConfig is not null)
         {
-            _container = new PostgreSqlBuilder(Image).Build();
+            // A fixed host port, so the server keeps its address across the outage tests' stop and start.
+            _container = new PostgreSqlBuilder(Image).WithPortBinding(FreePort(), 5432).Build();
             await _container.StartAsync();
             ServerConnectionString = _container.GetConnectionString();
         }
@@ -69,8 +73,32 @@ public sealed class ApiFactory : WebApplicationFactory<Program>, IAsyncLifetime
     {
         builder.UseEnvironment("Development");
         builder.UseSetting("ConnectionStrings:Default", ConnectionString);
+        // Every host in this process must build the same EF Core options: compiled queries are bound to
+        // one model, and EF Core shares a model only between identical option sets.
         builder.UseSetting("Database:LogSql", "false");
         builder.UseSetting("Logging:LogLevel:Default", "Warning");
+    }
+
+    /// <summary>Stops the PostgreSQL server under the running API (fast shutdown: sessions are cut).</summary>
+    public Task StopDatabaseAsync() => _container is not null ? _container.StopAsync() : PgCtlAsync("stop -m fast");
+
+    public Task StartDatabaseAsync() => _container is not null ? _container.StartAsync() : PgCtlAsync("start");
+
+    static async Task PgCtlAsync(string verb)
+    {
+        var ctl = Environment.GetEnvironmentVariable("TEST_POSTGRES_CTL")
+            ?? throw new InvalidOperationException("TEST_POSTGRES_CTL is not set: run the tests with script/test.");
+        using var process = Process.Start(new ProcessStartInfo("bash", ["-c", $"{ctl} {verb}"]) { RedirectStandardOutput = true })!;
+        await process.WaitForExitAsync();
+        if (process.ExitCode != 0)
+            throw new InvalidOperationException($"pg_ctl {verb} exited with {process.ExitCode}");
+    }
+
+    static int FreePort()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
 
     /// <summary>A new empty database on the same server; returns its connection string.</summary>

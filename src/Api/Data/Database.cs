@@ -6,17 +6,17 @@ public static class Database
 {
     /// <summary>
     /// Registers <see cref="AppDb"/> on <c>ConnectionStrings:Default</c>. <c>Database:LogSql</c> is the
-    /// seed's <c>echo=True</c>: every statement EF Core sends goes to the log (on in Development).
+    /// seed's <c>echo=True</c>: every statement EF Core sends goes to the log, with its parameter values
+    /// (on in Development).
     /// </summary>
     public static WebApplicationBuilder AddDatabase(this WebApplicationBuilder builder)
     {
-        var development = builder.Environment.IsDevelopment();
+        var logSql = builder.Configuration.GetValue<bool>("Database:LogSql");
         builder.Services.AddDbContextPool<AppDb>((services, options) => options
             .UseNpgsql(ConnectionString(services.GetRequiredService<IConfiguration>()))
-            .EnableSensitiveDataLogging(development));
+            .EnableSensitiveDataLogging(logSql));
 
-        builder.Logging.AddFilter(DbLoggerCategory.Database.Command.Name,
-            builder.Configuration.GetValue<bool>("Database:LogSql") ? LogLevel.Information : LogLevel.Warning);
+        builder.Logging.AddFilter(DbLoggerCategory.Database.Command.Name, logSql ? LogLevel.Information : LogLevel.Warning);
         return builder;
     }
 

@@ -10,28 +10,31 @@ namespace AsyncOrmApi.Http;
 /// Writes A rows as they come from the database, as one JSON array or, when the client accepts
 /// <c>application/x-ndjson</c>, one A per line. Nothing is buffered beyond one flush window.
 /// </summary>
-public sealed class AStreamResult(IAsyncEnumerable<ADto> rows) : IResult, IEndpointMetadataProvider
+public sealed class AStreamResult(IAsyncEnumerable<ADto> source) : IResult, IEndpointMetadataProvider
 {
     public const string NdJson = "application/x-ndjson";
     const int FlushBytes = 16 * 1024;
 
     public async Task ExecuteAsync(HttpContext http)
     {
+        var ct = http.RequestAborted;
+        await using var rows = source.GetAsyncEnumerator(ct);
+        // The query runs before anything is written, so a failure to start it is still an ordinary error
+        // response (503 when PostgreSQL is down) rather than a broken stream.
+        var more = await rows.MoveNextAsync();
+
         var ndjson = http.Request.GetTypedHeaders().Accept.Any(a => a.MediaType.Equals(NdJson, StringComparison.OrdinalIgnoreCase));
         var response = http.Response;
         response.ContentType = ndjson ? NdJson : "application/json; charset=utf-8";
         var body = response.BodyWriter;
-        var ct = http.RequestAborted;
         await using var json = new Utf8JsonWriter(body, new JsonWriterOptions { SkipValidation = true });
-
         try
         {
-            var first = true;
             if (!ndjson)
                 json.WriteStartArray();
-            await foreach (var a in rows.WithCancellation(ct))
+            for (var first = true; more; first = false, more = await rows.MoveNextAsync())
             {
-                JsonSerializer.Serialize(json, a, WireJson.Default.ADto);
+                JsonSerializer.Serialize(json, rows.Current, WireJson.Default.ADto);
                 json.Flush();
                 if (ndjson)
                 {
@@ -41,13 +44,12 @@ public sealed class AStreamResult(IAsyncEnumerable<ADto> rows) : IResult, IEndpo
                 // The first row goes out at once; after that, full windows only.
                 if (first || body.UnflushedBytes >= FlushBytes)
                     await body.FlushAsync(ct);
-                first = false;
             }
             if (!ndjson)
                 json.WriteEndArray();
             await json.FlushAsync(ct);
         }
-        catch (Exception e) when (response.HasStarted && !ct.IsCancellationRequested)
+        catch (Exception e) when (!ct.IsCancellationRequested)
         {
             // Too late for an error status, and a clean end would pass a cut-off body for a whole one
             // (aspnetcore#32483): the connection is reset, which every client sees as a failed response.

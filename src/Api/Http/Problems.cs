@@ -93,18 +93,26 @@ public static class Problems
     };
 
     /// <summary>Answers exceptions that escape a handler; anything unexpected is a 500 without internals.</summary>
-    sealed class ExceptionToProblem(IHostEnvironment env) : IExceptionHandler
+    /// <remarks>ASP.NET Core 10 does not log exceptions that a handler answers: this one logs what is not the client's fault.</remarks>
+    sealed class ExceptionToProblem(IHostEnvironment env, ILogger<ExceptionToProblem> log) : IExceptionHandler
     {
         public async ValueTask<bool> TryHandleAsync(HttpContext http, Exception exception, CancellationToken ct)
         {
-            var problem = exception switch
+            ProblemHttpResult problem;
+            if (exception is BadHttpRequestException bad)
+                problem = TypedResults.Problem(statusCode: bad.StatusCode, title: "Bad request", detail: Describe(bad));
+            else if (IsDatabaseOutage(exception))
             {
-                BadHttpRequestException bad =>
-                    TypedResults.Problem(statusCode: bad.StatusCode, title: "Bad request", detail: Describe(bad)),
-                _ when IsDatabaseOutage(exception) => DatabaseDown(http.Response),
-                _ => TypedResults.Problem(statusCode: StatusCodes.Status500InternalServerError, title: "Internal server error",
-                    detail: env.IsDevelopment() ? exception.ToString() : "The server failed to answer; the error is logged."),
-            };
+                log.LogWarning("{Method} {Path}: PostgreSQL unavailable ({Error})", http.Request.Method, http.Request.Path,
+                    exception.GetBaseException().Message);
+                problem = DatabaseDown(http.Response);
+            }
+            else
+            {
+                log.LogError(exception, "{Method} {Path} failed", http.Request.Method, http.Request.Path);
+                problem = TypedResults.Problem(statusCode: StatusCodes.Status500InternalServerError, title: "Internal server error",
+                    detail: env.IsDevelopment() ? exception.ToString() : "The server failed to answer; the error is logged.");
+            }
             await problem.ExecuteAsync(http);
             return true;
         }

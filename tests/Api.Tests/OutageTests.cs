@@ -1,0 +1,82 @@
+using System.Net;
+using System.Net.Http.Json;
+using static AsyncOrmApi.Tests.Assertions;
+
+namespace AsyncOrmApi.Tests;
+
+/// <summary>PostgreSQL stops under the running API and comes back.</summary>
+public sealed class OutageTests(ApiFactory api) : ApiTest(api)
+{
+    [Fact]
+    public async Task While_the_database_is_down_requests_get_503_and_afterwards_everything_is_back()
+    {
+        await Api.SeedAsync();
+        Assert.Equal(HttpStatusCode.OK, (await Client.PatchAsJsonAsync("/a/first", new { data = "kept" })).StatusCode);
+        Assert.Equal(HttpStatusCode.OK, (await Client.GetAsync("/health/ready")).StatusCode);
+
+        // Bounded: an outage must be answered, not waited out.
+        using var client = Api.CreateClient();
+        client.Timeout = TimeSpan.FromSeconds(30);
+        await Api.StopDatabaseAsync();
+        try
+        {
+            foreach (var request in new Func<Task<HttpResponseMessage>>[]
+            {
+                () => client.GetAsync("/a"),
+                () => client.GetAsync("/a/first"),
+                () => client.GetAsync("/a/stream"),
+                () => client.PatchAsJsonAsync("/a/first", new { data = "lost" }),
+                () => client.PostAsync("/seed", null),
+                () => client.PostAsync("/reset", null),
+                () => client.GetAsync("/health/ready"),
+            })
+            {
+                var response = await request();
+                var problem = await ProblemAsync(response, HttpStatusCode.ServiceUnavailable);
+                Assert.Equal(TimeSpan.FromSeconds(5), response.Headers.RetryAfter?.Delta);
+                Assert.DoesNotContain("Exception", problem.GetProperty("detail").GetString());
+            }
+            Assert.Equal(HttpStatusCode.OK, (await client.GetAsync("/health/live")).StatusCode);
+        }
+        finally
+        {
+            await Api.StartDatabaseAsync();
+        }
+
+        // Back by itself: the first requests may still meet connections the restart cut.
+        HttpStatusCode status = default;
+        for (var attempt = 0; attempt < 50 && status != HttpStatusCode.OK; attempt++)
+        {
+            status = (await client.GetAsync("/health/ready")).StatusCode;
+            if (status != HttpStatusCode.OK)
+                await Task.Delay(200);
+        }
+        Assert.Equal(HttpStatusCode.OK, status);
+        Equivalent(SeedGraph(firstData: "kept"), await JsonArrayAsync(await client.GetAsync("/a")));
+        Assert.Equal(HttpStatusCode.OK, (await client.GetAsync("/a/first")).StatusCode);
+    }
+
+    [Fact]
+    public async Task A_stream_cut_by_the_outage_fails_instead_of_ending_cleanly()
+    {
+        // Big enough that the rows cannot all sit in socket buffers when the database stops.
+        await Api.SeedAsync(60_000);
+        using var client = Api.CreateClient();
+        using var response = await client.GetAsync("/a/stream", HttpCompletionOption.ResponseHeadersRead);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        await using var body = await response.Content.ReadAsStreamAsync();
+        var start = new byte[4096];
+        await body.ReadExactlyAsync(start);
+        Assert.Equal((byte)'[', start[0]);
+
+        await Api.StopDatabaseAsync();
+        try
+        {
+            await Assert.ThrowsAnyAsync<IOException>(() => body.CopyToAsync(Stream.Null));
+        }
+        finally
+        {
+            await Api.StartDatabaseAsync();
+        }
+    }
+}

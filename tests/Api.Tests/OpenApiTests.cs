@@ -43,6 +43,16 @@ public sealed class OpenApiTests(ApiFactory api) : ApiTest(api)
                     $"{e[1]} {e[0]} {code} is documented as problem+json");
         }
 
+        // The conditional requests and the headers that carry versions and retry hints.
+        var patch = paths.GetProperty("/a/first").GetProperty("patch");
+        Assert.Contains(patch.GetProperty("parameters").EnumerateArray(), p => p.GetProperty("name").GetString() == "If-Match" && p.GetProperty("in").GetString() == "header");
+        Assert.True(patch.GetProperty("responses").GetProperty("200").GetProperty("headers").TryGetProperty("ETag", out _));
+        Assert.True(patch.GetProperty("responses").GetProperty("412").GetProperty("headers").TryGetProperty("ETag", out _));
+        var get = paths.GetProperty("/a/first").GetProperty("get");
+        Assert.Contains(get.GetProperty("parameters").EnumerateArray(), p => p.GetProperty("name").GetString() == "If-None-Match");
+        Assert.True(get.GetProperty("responses").GetProperty("304").GetProperty("headers").TryGetProperty("ETag", out _));
+        Assert.True(paths.GetProperty("/a").GetProperty("get").GetProperty("responses").GetProperty("503").GetProperty("headers").TryGetProperty("Retry-After", out _));
+
         var stream = paths.GetProperty("/a/stream").GetProperty("get").GetProperty("responses").GetProperty("200").GetProperty("content");
         Assert.True(stream.TryGetProperty("application/x-ndjson", out _));
         Assert.True(stream.TryGetProperty("application/json", out _));

@@ -1,5 +1,11 @@
 using System.Net;
 using System.Net.Http.Json;
+using System.Text.Json;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
 using static AsyncOrmApi.Tests.Assertions;
 
 namespace AsyncOrmApi.Tests;
@@ -78,5 +84,29 @@ public sealed class OutageTests(ApiFactory api) : ApiTest(api)
         {
             await Api.StartDatabaseAsync();
         }
+    }
+
+    [Fact]
+    public async Task Shutting_down_lets_an_in_flight_stream_finish()
+    {
+        await Api.SeedAsync(20_000);
+        await using var app = Api.WithWebHostBuilder(_ => { });
+        app.UseKestrel(0);
+        app.StartServer();
+        using var client = new HttpClient { BaseAddress = new(app.Services.GetRequiredService<IServer>().Features
+            .GetRequiredFeature<IServerAddressesFeature>().Addresses.First()) };
+        using var response = await client.GetAsync("/a/stream", HttpCompletionOption.ResponseHeadersRead);
+        await using var body = await response.Content.ReadAsStreamAsync();
+        var start = new byte[4096];
+        await body.ReadExactlyAsync(start);
+
+        // What SIGTERM does through the host's console lifetime.
+        app.Services.GetRequiredService<IHostApplicationLifetime>().StopApplication();
+
+        var rest = new MemoryStream();
+        await body.CopyToAsync(rest);
+        var all = JsonSerializer.Deserialize<List<ADto>>([.. start, .. rest.ToArray()], Json)!;
+        Assert.Equal(60_000, all.Count);
+        Assert.Equal(all.Count, all.Select(a => a.Id).Distinct().Count());
     }
 }

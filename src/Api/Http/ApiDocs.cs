@@ -26,6 +26,7 @@ public static class ApiDocs
                 Description = "The admin key (setting Admin:ApiKey) for POST /reset and POST /seed; not needed in Development.",
             });
             o.OperationFilter<AdminKeyRequirement>();
+            o.OperationFilter<ResponseHeaders>();
         });
         return services;
     }
@@ -40,6 +41,29 @@ public static class ApiDocs
             if (context.ApiDescription.ActionDescriptor.EndpointMetadata.OfType<AdminKeyMetadata>().Any())
                 operation.Security = [new() { [new OpenApiSecuritySchemeReference(AdminKeyScheme, context.Document)] = [] }];
         }
+    }
+
+    /// <summary>Documents the headers the handlers set: ETag beside the conditional requests, Retry-After on 503.</summary>
+    sealed class ResponseHeaders : IOperationFilter
+    {
+        public void Apply(OpenApiOperation operation, OperationFilterContext context)
+        {
+            var conditional = operation.Parameters?.Any(p => p.Name is "If-Match" or "If-None-Match") == true;
+            foreach (var (code, response) in operation.Responses ?? [])
+            {
+                if (response is not OpenApiResponse r)
+                    continue;
+                if (conditional && code is "200" or "304" or "412")
+                    (r.Headers ??= new Dictionary<string, IOpenApiHeader>())["ETag"] = Header(
+                        "The first A's current version, a strong ETag: send it back in If-Match or If-None-Match.");
+                if (code == "503")
+                    (r.Headers ??= new Dictionary<string, IOpenApiHeader>())["Retry-After"] = Header(
+                        "Seconds to wait before trying again.");
+            }
+        }
+
+        static OpenApiHeader Header(string description) =>
+            new() { Description = description, Schema = new OpenApiSchema { Type = JsonSchemaType.String } };
     }
 
     public static WebApplication UseApiDocs(this WebApplication app)

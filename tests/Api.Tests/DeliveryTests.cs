@@ -1,0 +1,142 @@
+using System.Diagnostics;
+using System.Text.RegularExpressions;
+using AsyncOrmApi.Http;
+using YamlDotNet.RepresentationModel;
+
+namespace AsyncOrmApi.Tests;
+
+/// <summary>
+/// What can be checked of the container files without a Docker engine: their shape, and that they agree
+/// with each other and with the settings the app reads, so they cannot drift apart unseen.
+/// </summary>
+public sealed class DeliveryTests
+{
+    static readonly string Root = FindRoot();
+
+    static string FindRoot()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+            if (File.Exists(Path.Combine(dir.FullName, "AsyncOrmApi.sln")))
+                return dir.FullName;
+        throw new InvalidOperationException("AsyncOrmApi.sln not found above " + AppContext.BaseDirectory);
+    }
+
+    static string Read(string path) => File.ReadAllText(Path.Combine(Root, path));
+
+    static YamlMappingNode Yaml(string path)
+    {
+        var stream = new YamlStream();
+        stream.Load(new StringReader(Read(path)));
+        return (YamlMappingNode)stream.Documents[0].RootNode;
+    }
+
+    static YamlMappingNode Map(YamlNode node, string key) => (YamlMappingNode)((YamlMappingNode)node)[key];
+    static YamlSequenceNode List(YamlNode node, string key) => (YamlSequenceNode)((YamlMappingNode)node)[key];
+    static string Scalar(YamlNode node, string key) => ((YamlScalarNode)((YamlMappingNode)node)[key]).Value!;
+    static bool Has(YamlNode node, string key) => ((YamlMappingNode)node).Children.ContainsKey(key);
+
+    [Fact]
+    public void Dockerfile_builds_on_the_sdk_runs_on_aspnet_as_non_root_on_8080_with_a_liveness_check()
+    {
+        var dockerfile = Read("Dockerfile");
+        var froms = Regex.Matches(dockerfile, @"^FROM\s+(\S+)", RegexOptions.Multiline).Select(m => m.Groups[1].Value).ToList();
+        Assert.Equal(["mcr.microsoft.com/dotnet/sdk:10.0", "mcr.microsoft.com/dotnet/aspnet:10.0"], froms);
+        Assert.Matches(@"(?m)^USER \$APP_UID$", dockerfile);
+        Assert.Matches(@"(?m)^EXPOSE 8080$", dockerfile);
+        Assert.Matches(@"(?m)^ENV ASPNETCORE_HTTP_PORTS=8080$", dockerfile);
+        Assert.Matches(@"(?m)^HEALTHCHECK (.*\\\n)*.*CMD .*/health/live", dockerfile);
+        Assert.Matches(@"(?m)^ENTRYPOINT \[""dotnet"", ""AsyncOrmApi.dll""\]$", dockerfile);
+
+        // Restore comes before the sources are copied, so its layer survives source changes.
+        Assert.True(dockerfile.IndexOf("RUN dotnet restore", StringComparison.Ordinal) < dockerfile.IndexOf("COPY src/Api/ ", StringComparison.Ordinal));
+        foreach (Match copy in Regex.Matches(dockerfile, @"^COPY (?!--from)(.+) \S+$", RegexOptions.Multiline))
+            foreach (var source in copy.Groups[1].Value.Split(' '))
+                Assert.True(File.Exists(Path.Combine(Root, source)) || Directory.Exists(Path.Combine(Root, source)), $"COPY source {source} exists");
+
+        var ignore = Read(".dockerignore");
+        foreach (var kept in new[] { "**/bin/", "**/obj/", ".pg/", ".git/" })
+            Assert.Contains(kept, ignore.Split('\n'));
+    }
+
+    [Fact]
+    public async Task The_dockerfile_publish_step_publishes_here()
+    {
+        var publish = Regex.Match(Read("Dockerfile"), @"^RUN (dotnet publish (\S+) -c Release) -o /app --no-restore$", RegexOptions.Multiline);
+        Assert.True(publish.Success, "the Dockerfile publishes with dotnet publish PROJECT -c Release -o /app");
+        var output = Directory.CreateTempSubdirectory("asyncormapi-publish-");
+        try
+        {
+            var args = $"publish {publish.Groups[2].Value} -c Release -o {output.FullName} --nologo -v q";
+            using var process = Process.Start(new ProcessStartInfo("dotnet", args)
+            {
+                WorkingDirectory = Root, RedirectStandardOutput = true, RedirectStandardError = true,
+            })!;
+            var log = await process.StandardOutput.ReadToEndAsync() + await process.StandardError.ReadToEndAsync();
+            await process.WaitForExitAsync();
+            Assert.True(process.ExitCode == 0, log);
+            Assert.True(File.Exists(Path.Combine(output.FullName, "AsyncOrmApi.dll")), "the ENTRYPOINT's dll is published");
+            Assert.True(File.Exists(Path.Combine(output.FullName, "appsettings.json")));
+        }
+        finally
+        {
+            output.Delete(recursive: true);
+        }
+    }
+
+    [Fact]
+    public void Compose_runs_the_api_from_the_dockerfile_on_a_healthy_pinned_postgres()
+    {
+        var services = Map(Yaml("docker-compose.yml"), "services");
+        var db = services["db"];
+        Assert.Matches(@"^postgres:\d+\.\d+", Scalar(db, "image"));
+        var healthcheck = string.Join(' ', List(Map(db, "healthcheck"), "test").Children.Select(c => c.ToString()));
+        Assert.Contains("pg_isready", healthcheck);
+        var volume = List(db, "volumes").Children[0].ToString().Split(':')[0];
+        Assert.True(Has(Yaml("docker-compose.yml")["volumes"], volume), $"volume {volume} is a named volume");
+
+        var api = services["api"];
+        Assert.Equal(".", Scalar(api, "build"));
+        Assert.Equal("service_healthy", Scalar(Map(Map(api, "depends_on"), "db"), "condition"));
+        Assert.Contains("8080:8080", List(api, "ports").Children.Select(c => c.ToString()));
+
+        // The settings the app reads, under their environment names, pointing at the db service's database.
+        var env = Map(api, "environment");
+        var dbEnv = Map(db, "environment");
+        var cs = new Npgsql.NpgsqlConnectionStringBuilder(Scalar(env, "ConnectionStrings__Default"));
+        Assert.Equal("db", cs.Host);
+        Assert.Equal(Scalar(dbEnv, "POSTGRES_DB"), cs.Database);
+        Assert.Equal(Scalar(dbEnv, "POSTGRES_USER"), cs.Username);
+        Assert.Equal(Scalar(dbEnv, "POSTGRES_PASSWORD"), cs.Password);
+        Assert.Matches(@"^\$\{ADMIN_API_KEY", Scalar(env, AdminKey.Setting.Replace(":", "__")));
+    }
+
+    [Fact]
+    public void The_workflow_runs_script_test_and_builds_the_image_with_actions_pinned_to_majors()
+    {
+        var workflow = Yaml(".github/workflows/ci.yml");
+        var on = Map(workflow, "on");
+        Assert.True(Has(on, "push") && Has(on, "pull_request"));
+        var jobs = Map(workflow, "jobs");
+
+        var testSteps = List(Map(jobs, "test"), "steps").Children;
+        Assert.Contains(testSteps, s => Has(s, "run") && Scalar(s, "run") == "script/test");
+        Assert.Contains(testSteps, s => Has(s, "uses") && Scalar(s, "uses").StartsWith("actions/setup-dotnet@")
+            && Scalar(Map(s, "with"), "dotnet-version").StartsWith("10."));
+
+        var imageSteps = List(Map(jobs, "image"), "steps").Children;
+        Assert.Contains(imageSteps, s => Has(s, "uses") && Scalar(s, "uses").StartsWith("docker/build-push-action@"));
+
+        foreach (var step in testSteps.Concat(imageSteps).Where(s => Has(s, "uses")))
+            Assert.Matches(@"^[\w-]+/[\w-]+@v\d+$", Scalar(step, "uses"));
+    }
+
+    [Fact]
+    public void The_readme_shows_the_docker_commands_the_files_support()
+    {
+        var readme = Read("README.md");
+        Assert.Contains("## Run with Docker", readme);
+        Assert.Contains("docker compose up --build", readme);
+        Assert.Contains("ADMIN_API_KEY", readme);
+        Assert.Contains("docker build -t asyncormapi .", readme);
+    }
+}

@@ -20,7 +20,7 @@ var app = builder.Build();
 app.UseProblems();
 app.UseApiDocs();
 
-await app.CreateMissingTablesAsync();
+await app.PrepareDatabaseAsync();
 
 app.MapAdmin();
 app.MapA();

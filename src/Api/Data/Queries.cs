@@ -1,4 +1,4 @@
-using System.Linq.Expressions;
+using System.Runtime.CompilerServices;
 using Microsoft.EntityFrameworkCore;
 
 namespace AsyncOrmApi.Data;
@@ -6,13 +6,37 @@ namespace AsyncOrmApi.Data;
 /// <summary>The reads, compiled once: EF Core skips translating the LINQ on every request.</summary>
 public static class Queries
 {
-    /// <summary>Entity to wire, in SQL: only the columns the DTOs carry are selected, nothing is tracked.</summary>
-    static readonly Expression<Func<A, ADto>> ToDto = a =>
-        new ADto(a.Id, a.Data, a.Bs.OrderBy(b => b.Id).Select(b => new BDto(b.Id, b.AId, b.Data)).ToList());
+    /// <summary>
+    /// Every A with its Bs, A by id and Bs by id, as it arrives from one LEFT JOIN. EF Core can nest the Bs
+    /// itself, but its collection shaper costs about three times more per row than grouping flat rows that
+    /// are already ordered by A, and streaming 300,000 A is where that shows.
+    /// </summary>
+    public static async IAsyncEnumerable<ADto> AllA(AppDb db, [EnumeratorCancellation] CancellationToken ct = default)
+    {
+        ADto? current = null;
+        await foreach (var row in JoinedRows(db).WithCancellation(ct))
+        {
+            if (current?.Id != row.AId)
+            {
+                if (current is not null)
+                    yield return current;
+                current = new ADto(row.AId, row.AData, []);
+            }
+            if (row.BId is { } bId)
+                current.Bs.Add(new BDto(bId, row.AId, row.BData));
+        }
+        if (current is not null)
+            yield return current;
+    }
 
-    /// <summary>Every A with its Bs, A by id and Bs by id: one LEFT JOIN, read as it arrives.</summary>
-    public static readonly Func<AppDb, IAsyncEnumerable<ADto>> AllA =
-        EF.CompileAsyncQuery((AppDb db) => db.A.OrderBy(a => a.Id).Select(ToDto));
+    /// <summary>One row per B (one for an A without Bs), the columns the wire needs and no others.</summary>
+    record struct JoinedRow(int AId, string? AData, int? BId, string? BData);
+
+    static readonly Func<AppDb, IAsyncEnumerable<JoinedRow>> JoinedRows = EF.CompileAsyncQuery((AppDb db) =>
+        from a in db.A
+        from b in db.B.Where(b => b.AId == a.Id).DefaultIfEmpty()
+        orderby a.Id, b.Id
+        select new JoinedRow(a.Id, a.Data, b.Id, b.Data));
 
     /// <summary>The first A (lowest id) with its Bs and its row version, or null when a is empty.</summary>
     public static readonly Func<AppDb, CancellationToken, Task<Versioned?>> FirstA =

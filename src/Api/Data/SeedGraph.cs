@@ -33,6 +33,9 @@ public static class SeedGraph
         var graph = Build();
         var data = graph.Select(a => a.Data!).ToArray();
         var bsPerA = graph.Select(a => a.Bs.Count).ToArray();
+        // A million copies are eight million rows: minutes, not the default 30 seconds.
+        db.Database.SetCommandTimeout(TimeSpan.FromMinutes(10));
+        await using var tx = await db.Database.BeginTransactionAsync(ct);
         await db.Database.ExecuteSqlAsync($"""
             WITH graph AS (
                 SELECT * FROM unnest({data}::varchar[], {bsPerA}::int[]) WITH ORDINALITY AS g(data, bs, pos)
@@ -46,5 +49,9 @@ public static class SeedGraph
             SELECT new_a.id FROM new_a JOIN graph USING (data) CROSS JOIN generate_series(1, graph.bs)
             ORDER BY new_a.id
             """, ct);
+        // Fresh statistics, so the next reads are planned for the rows just added rather than for the
+        // tables as they were (autovacuum would get there, but only after a minute or so).
+        await db.Database.ExecuteSqlRawAsync("ANALYZE a, b", ct);
+        await tx.CommitAsync(ct);
     }
 }

@@ -42,7 +42,7 @@ public static class AEndpoints
     }
 
     static async Task<Ok<List<ADto>>> GetAll(AppDb db, CancellationToken ct) =>
-        TypedResults.Ok(await Queries.AllA(db).ToListAsync(ct));
+        TypedResults.Ok(await Queries.AllA(db, ct).ToListAsync(ct));
 
     static async Task<Results<Ok<ADto>, StatusCodeHttpResult, ProblemHttpResult>> GetFirst(
         [FromHeader(Name = "If-None-Match")] string? ifNoneMatch, AppDb db, HttpResponse response, CancellationToken ct)

@@ -82,7 +82,12 @@ public sealed class ApiFactory : WebApplicationFactory<Program>, IAsyncLifetime
     /// <summary>Stops the PostgreSQL server under the running API (fast shutdown: sessions are cut).</summary>
     public Task StopDatabaseAsync() => _container is not null ? _container.StopAsync() : PgCtlAsync("stop -m fast");
 
-    public Task StartDatabaseAsync() => _container is not null ? _container.StartAsync() : PgCtlAsync("start");
+    public async Task StartDatabaseAsync()
+    {
+        await (_container is not null ? _container.StartAsync() : PgCtlAsync("start"));
+        // The tests' own pooled connections (ScalarAsync and friends) did not survive the restart.
+        NpgsqlConnection.ClearAllPools();
+    }
 
     static async Task PgCtlAsync(string verb)
     {

@@ -1,6 +1,8 @@
 using System.Text.Json;
 using Microsoft.AspNetCore.Diagnostics;
 using Microsoft.AspNetCore.Http.HttpResults;
+using AsyncOrmApi.Data;
+using Microsoft.EntityFrameworkCore;
 using Npgsql;
 
 namespace AsyncOrmApi.Http;
@@ -105,6 +107,10 @@ public static class Problems
             {
                 log.LogWarning("{Method} {Path}: PostgreSQL unavailable ({Error})", http.Request.Method, http.Request.Path,
                     exception.GetBaseException().Message);
+                // The idle pooled connections died with the server too; Npgsql does not notice until each
+                // is used again, so drop them now rather than fail one request per connection after recovery.
+                if (http.RequestServices.GetService<AppDb>()?.Database.GetDbConnection() is NpgsqlConnection connection)
+                    NpgsqlConnection.ClearPool(connection);
                 problem = DatabaseDown(http.Response);
             }
             else

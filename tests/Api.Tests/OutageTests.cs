@@ -109,4 +109,30 @@ public sealed class OutageTests(ApiFactory api) : ApiTest(api)
         Assert.Equal(60_000, all.Count);
         Assert.Equal(all.Count, all.Select(a => a.Id).Distinct().Count());
     }
+
+    [Fact]
+    public async Task A_client_that_leaves_mid_stream_stops_the_query()
+    {
+        await Api.SeedAsync(60_000);
+        const string Rollbacks = "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()";
+        var rollbacksBefore = await Api.ScalarAsync<long>(Rollbacks);
+
+        using (var client = Api.CreateClient())
+        using (var response = await client.GetAsync("/a/stream", HttpCompletionOption.ResponseHeadersRead))
+        await using (var body = await response.Content.ReadAsStreamAsync())
+            await body.ReadExactlyAsync(new byte[4096]);
+
+        // The query ends cancelled (a rolled-back transaction), not read to its end.
+        var stopped = false;
+        for (var attempt = 0; attempt < 50 && !stopped; attempt++)
+        {
+            await Task.Delay(200);
+            stopped = await Api.ScalarAsync<long>("""
+                    SELECT count(*) FROM pg_stat_activity
+                    WHERE datname = current_database() AND state = 'active' AND query LIKE '%LEFT JOIN b%' AND pid <> pg_backend_pid()
+                    """) == 0
+                && await Api.ScalarAsync<long>(Rollbacks) > rollbacksBefore;
+        }
+        Assert.True(stopped, "the stream's query was cancelled on the server");
+    }
 }

@@ -1,5 +1,7 @@
+using System.Data;
 using System.Runtime.CompilerServices;
 using Microsoft.EntityFrameworkCore;
+using Npgsql;
 
 namespace AsyncOrmApi.Data;
 
@@ -13,9 +15,13 @@ public static class Queries
     /// </summary>
     public static async IAsyncEnumerable<ADto> AllA(AppDb db, [EnumeratorCancellation] CancellationToken ct = default)
     {
+        await using var rows = JoinedRows(db).GetAsyncEnumerator(ct);
+        // Declared after the rows so that it is disposed before them, while the connection is still ours.
+        await using var stop = ct.Register(() => CancelRunningQuery(db));
         ADto? current = null;
-        await foreach (var row in JoinedRows(db).WithCancellation(ct))
+        while (await rows.MoveNextAsync())
         {
+            var row = rows.Current;
             if (current?.Id != row.AId)
             {
                 if (current is not null)
@@ -27,6 +33,27 @@ public static class Queries
         }
         if (current is not null)
             yield return current;
+    }
+
+    /// <summary>
+    /// Stops the query on the server when the client has gone: otherwise disposing the reader part-way makes
+    /// Npgsql read the rest of the result, and PostgreSQL runs the query to its end for nobody.
+    /// </summary>
+    static void CancelRunningQuery(AppDb db)
+    {
+        if (db.Database.GetDbConnection() is not NpgsqlConnection { State: ConnectionState.Open } streaming)
+            return;
+        try
+        {
+            using var other = (NpgsqlConnection)((ICloneable)streaming).Clone();
+            other.Open();
+            using var cancel = new NpgsqlCommand("SELECT pg_cancel_backend($1)", other) { Parameters = { new() { Value = streaming.ProcessID } } };
+            cancel.ExecuteNonQuery();
+        }
+        catch (NpgsqlException)
+        {
+            // Best effort: without it Npgsql still ends the query, only later.
+        }
     }
 
     /// <summary>One row per B (one for an A without Bs), the columns the wire needs and no others.</summary>

@@ -14,10 +14,14 @@ public static class Database
         var logSql = builder.Configuration.GetValue<bool>("Database:LogSql");
         builder.Services.AddDbContextPool<AppDb>((services, options) => options
             .UseNpgsql(ConnectionString(services.GetRequiredService<IConfiguration>()), npgsql => npgsql
-                // The same few statements run on every request: let Npgsql prepare them once per
-                // connection instead of having PostgreSQL parse and plan them each time.
-                .ConfigureDataSource(source => source.ConnectionStringBuilder.MaxAutoPrepare =
-                    source.ConnectionStringBuilder.MaxAutoPrepare is 0 ? 20 : source.ConnectionStringBuilder.MaxAutoPrepare))
+                .ConfigureDataSource(source =>
+                {
+                    // The same few statements run on every request: let Npgsql prepare them once per
+                    // connection instead of having PostgreSQL parse and plan them each time (unless the
+                    // connection string says otherwise).
+                    if (source.ConnectionStringBuilder.MaxAutoPrepare == 0)
+                        source.ConnectionStringBuilder.MaxAutoPrepare = 20;
+                }))
             .EnableSensitiveDataLogging(logSql));
 
         builder.Logging.AddFilter(DbLoggerCategory.Database.Command.Name, logSql ? LogLevel.Information : LogLevel.Warning);

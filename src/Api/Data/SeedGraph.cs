@@ -5,7 +5,7 @@ namespace AsyncOrmApi.Data;
 /// <summary>The seed program's graph: A "a1" with two B, "a2" with one, "a3" with two (B.data stays null).</summary>
 public static class SeedGraph
 {
-    /// <summary>One copy, added through the change tracker like the seed's <c>session.add_all</c>.</summary>
+    /// <summary>One copy of the graph, as new entities.</summary>
     public static A[] Build() =>
     [
         new() { Data = "a1", Bs = [new(), new()] },
@@ -14,23 +14,25 @@ public static class SeedGraph
     ];
 
     /// <summary>
-    /// Adds <paramref name="copies"/> copies of the graph in one transaction. A single copy goes through
-    /// EF Core's unit of work; many copies are inserted set-based on the server, because the per-row round
-    /// trips and change tracking of the unit of work cost orders of magnitude more at that size.
+    /// Adds <paramref name="copies"/> copies of the graph in one transaction and counts the rows added. One
+    /// copy goes through EF Core's unit of work, like the seed's <c>session.add_all</c>; many copies are
+    /// inserted set-based on the server, because per-row round trips and change tracking cost orders of
+    /// magnitude more at that size.
     /// </summary>
-    public static async Task AddCopiesAsync(this AppDb db, int copies, CancellationToken ct = default)
+    public static async Task<(int A, int B)> AddCopiesAsync(this AppDb db, int copies, CancellationToken ct = default)
     {
+        var graph = Build();
+        var added = (copies * graph.Length, copies * graph.Sum(a => a.Bs.Count));
         if (copies == 1)
         {
-            db.A.AddRange(Build());
+            db.A.AddRange(graph);
             await db.SaveChangesAsync(ct);
-            return;
+            return added;
         }
 
         // Set-based, on the server, from the same graph as Build(): a takes ids from its own sequence in
         // copy order, and each b follows its parent in id order, so the result reads exactly like
         // `copies` consecutive single seeds and a later plain seed carries on from there.
-        var graph = Build();
         var data = graph.Select(a => a.Data!).ToArray();
         var bsPerA = graph.Select(a => a.Bs.Count).ToArray();
         // A million copies are eight million rows: minutes, not the default 30 seconds.
@@ -53,5 +55,6 @@ public static class SeedGraph
         // tables as they were (autovacuum would get there, but only after a minute or so).
         await db.Database.ExecuteSqlRawAsync("ANALYZE a, b", ct);
         await tx.CommitAsync(ct);
+        return added;
     }
 }

@@ -35,8 +35,7 @@ public static class AdminEndpoints
         if (count is < 1 or > MaxCopies)
             return Problems.Invalid("count", $"count must be between 1 and {MaxCopies:N0}; it was {count}.");
 
-        await db.AddCopiesAsync(count, ct);
-        var graph = SeedGraph.Build();
-        return TypedResults.Created("/a", new SeedCounts(count * graph.Length, count * graph.Sum(a => a.Bs.Count)));
+        var (a, b) = await db.AddCopiesAsync(count, ct);
+        return TypedResults.Created("/a", new SeedCounts(a, b));
     }
 }

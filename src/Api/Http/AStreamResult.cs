@@ -1,6 +1,5 @@
 using System.Buffers;
 using System.Text.Json;
-using AsyncOrmApi.Data;
 using Microsoft.AspNetCore.Http.Metadata;
 using Microsoft.Net.Http.Headers;
 

@@ -1,7 +1,7 @@
 using System.Text.Json;
+using AsyncOrmApi.Data;
 using Microsoft.AspNetCore.Diagnostics;
 using Microsoft.AspNetCore.Http.HttpResults;
-using AsyncOrmApi.Data;
 using Microsoft.EntityFrameworkCore;
 using Npgsql;
 

@@ -50,7 +50,12 @@ unix_socket_directories = ''
 max_connections = 200
 logging_collector = off
 CONF
-  if ! "$bin/pg_isready" -q -h 127.0.0.1 -p "$port"; then
+  if pg_as_owner "$bin/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1; then
+    :  # already running (a previous command of ours left it up)
+  elif "$bin/pg_isready" -q -h 127.0.0.1 -p "$port"; then
+    echo "Port $port is taken by another PostgreSQL (another checkout's?): stop it first." >&2
+    return 1
+  else
     pg_ctl_start || { tail -n 20 "$PGDATA_DIR/server.log" >&2; return 1; }
   fi
   PG_PORT=$port

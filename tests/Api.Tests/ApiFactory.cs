@@ -56,9 +56,12 @@ public sealed class ApiFactory : WebApplicationFactory<Program>, IAsyncLifetime
         // responses and connection resets behave as they do in production.
         UseKestrel(0);
         StartServer();
-        ClientOptions.BaseAddress = new(Services.GetRequiredService<IServer>().Features
-            .GetRequiredFeature<IServerAddressesFeature>().Addresses.First());
+        ClientOptions.BaseAddress = AddressOf(this);
     }
+
+    /// <summary>Where a factory started with UseKestrel listens.</summary>
+    public static Uri AddressOf(WebApplicationFactory<Program> factory) =>
+        new(factory.Services.GetRequiredService<IServer>().Features.GetRequiredFeature<IServerAddressesFeature>().Addresses.First());
 
     async Task IAsyncLifetime.DisposeAsync()
     {

@@ -1,9 +1,6 @@
 using System.Net;
 using System.Net.Http.Json;
 using System.Text.Json;
-using Microsoft.AspNetCore.Hosting.Server;
-using Microsoft.AspNetCore.Hosting.Server.Features;
-using Microsoft.AspNetCore.Http.Features;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using static AsyncOrmApi.Tests.Assertions;
@@ -93,8 +90,7 @@ public sealed class OutageTests(ApiFactory api) : ApiTest(api)
         await using var app = Api.WithWebHostBuilder(_ => { });
         app.UseKestrel(0);
         app.StartServer();
-        using var client = new HttpClient { BaseAddress = new(app.Services.GetRequiredService<IServer>().Features
-            .GetRequiredFeature<IServerAddressesFeature>().Addresses.First()) };
+        using var client = new HttpClient { BaseAddress = ApiFactory.AddressOf(app) };
         using var response = await client.GetAsync("/a/stream", HttpCompletionOption.ResponseHeadersRead);
         await using var body = await response.Content.ReadAsStreamAsync();
         var start = new byte[4096];

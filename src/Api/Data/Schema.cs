@@ -11,13 +11,15 @@ public static class Schema
     /// <summary>Creates the tables that are missing; never drops or alters anything.</summary>
     public static async Task CreateMissingTablesAsync(this AppDb db, CancellationToken ct = default)
     {
+        // EF Core's create script has no IF NOT EXISTS form (EnsureCreated does nothing once any table
+        // exists), so the plain script is made idempotent statement by statement.
         var script = db.Database.GenerateCreateScript()
             .Replace("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ")
             .Replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ");
         await RunLockedAsync(db, script, ct);
     }
 
-    /// <summary>Drops the model's tables (only those) and creates them again, in one transaction.</summary>
+    /// <summary>Drops the model's two tables (only those, dependent first) and creates them again, in one transaction.</summary>
     public static Task ResetTablesAsync(this AppDb db, CancellationToken ct = default) =>
         RunLockedAsync(db, "DROP TABLE IF EXISTS b;\nDROP TABLE IF EXISTS a;\n" + db.Database.GenerateCreateScript(), ct);
 

@@ -10,8 +10,8 @@ public static class Queries
 {
     /// <summary>
     /// Every A with its Bs, A by id and Bs by id, as it arrives from one LEFT JOIN. EF Core can nest the Bs
-    /// itself, but its collection shaper costs about three times more per row than grouping flat rows that
-    /// are already ordered by A, and streaming 300,000 A is where that shows.
+    /// itself, but its collection projection streamed 300,000 A at less than half the speed of grouping the
+    /// flat rows, which already arrive ordered by A (script/bench).
     /// </summary>
     public static async IAsyncEnumerable<ADto> AllA(AppDb db, [EnumeratorCancellation] CancellationToken ct = default)
     {

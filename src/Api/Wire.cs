@@ -13,8 +13,16 @@ public sealed record BDto(int Id, int? AId, string? Data);
 /// <summary>Body of <c>PATCH /a/first</c>: the new value of the first A's <c>data</c>.</summary>
 public sealed record PatchA(string? Data);
 
-/// <summary>How many rows <c>POST /seed</c> added.</summary>
-public sealed record SeedCounts(int A, int B);
+/// <summary>How many rows <c>POST /seed</c> or <c>POST /a</c> added.</summary>
+public sealed record RowCounts(long A, long B);
+
+/// <summary>One line of a <c>POST /a</c> body: a new A and its new Bs; the ids come from the tables' sequences.</summary>
+[JsonUnmappedMemberHandling(JsonUnmappedMemberHandling.Disallow)]
+public sealed record NewA(string? Data, List<NewB>? Bs);
+
+/// <summary>A new B inside a <see cref="NewA"/> line.</summary>
+[JsonUnmappedMemberHandling(JsonUnmappedMemberHandling.Disallow)]
+public sealed record NewB(string? Data);
 
 /// <summary>Answer of the health probes.</summary>
 public sealed record HealthStatus(string Status);
@@ -27,7 +35,8 @@ public sealed record HealthStatus(string Status);
 [JsonSerializable(typeof(ADto))]
 [JsonSerializable(typeof(List<ADto>))]
 [JsonSerializable(typeof(PatchA))]
-[JsonSerializable(typeof(SeedCounts))]
+[JsonSerializable(typeof(RowCounts))]
+[JsonSerializable(typeof(NewA))]
 [JsonSerializable(typeof(HealthStatus))]
 [JsonSerializable(typeof(ProblemDetails))]
 [JsonSerializable(typeof(HttpValidationProblemDetails))]

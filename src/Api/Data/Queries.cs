@@ -9,13 +9,27 @@ namespace AsyncOrmApi.Data;
 public static class Queries
 {
     /// <summary>
-    /// Every A with its Bs, A by id and Bs by id, as it arrives from one LEFT JOIN. EF Core can nest the Bs
-    /// itself, but its collection projection streamed 300,000 A at less than half the speed of grouping the
-    /// flat rows, which already arrive ordered by A (script/bench).
+    /// The A with id &gt; <paramref name="after"/>, with their Bs, A by id and Bs by id, as they arrive from one
+    /// LEFT JOIN: what GET /a/stream sends, and where a cut stream resumes.
     /// </summary>
-    public static async IAsyncEnumerable<ADto> AllA(AppDb db, [EnumeratorCancellation] CancellationToken ct = default)
+    public static IAsyncEnumerable<ADto> AllA(AppDb db, int after, CancellationToken ct = default) =>
+        Group(db, RowsAfter(db, after), ct);
+
+    /// <summary>
+    /// At most <paramref name="take"/> A with id &gt; <paramref name="after"/>, with their Bs: one keyset page of
+    /// GET /a, one round trip, as cheap at the table's end as at its start (the LIMIT is inside the join).
+    /// </summary>
+    public static IAsyncEnumerable<ADto> PageA(AppDb db, int after, int take, CancellationToken ct = default) =>
+        Group(db, PageRows(db, after, take), ct);
+
+    /// <summary>
+    /// Groups the flat rows into A as they arrive. EF Core can nest the Bs itself, but its collection
+    /// projection streamed 300,000 A at less than half the speed of grouping the flat rows, which already
+    /// arrive ordered by A (script/bench).
+    /// </summary>
+    static async IAsyncEnumerable<ADto> Group(AppDb db, IAsyncEnumerable<JoinedRow> source, [EnumeratorCancellation] CancellationToken ct)
     {
-        await using var rows = JoinedRows(db).GetAsyncEnumerator(ct);
+        await using var rows = source.GetAsyncEnumerator(ct);
         // Declared after the rows so that it is disposed before them, while the connection is still ours.
         await using var stop = ct.Register(() => CancelRunningQuery(db));
         ADto? current = null;
@@ -59,8 +73,14 @@ public static class Queries
     /// <summary>One row per B (one for an A without Bs), the columns the wire needs and no others.</summary>
     record struct JoinedRow(int AId, string? AData, int? BId, string? BData);
 
-    static readonly Func<AppDb, IAsyncEnumerable<JoinedRow>> JoinedRows = EF.CompileAsyncQuery((AppDb db) =>
-        from a in db.A
+    static readonly Func<AppDb, int, IAsyncEnumerable<JoinedRow>> RowsAfter = EF.CompileAsyncQuery((AppDb db, int after) =>
+        from a in db.A.Where(a => a.Id > after)
+        from b in db.B.Where(b => b.AId == a.Id).DefaultIfEmpty()
+        orderby a.Id, b.Id
+        select new JoinedRow(a.Id, a.Data, b.Id, b.Data));
+
+    static readonly Func<AppDb, int, int, IAsyncEnumerable<JoinedRow>> PageRows = EF.CompileAsyncQuery((AppDb db, int after, int take) =>
+        from a in db.A.Where(a => a.Id > after).OrderBy(a => a.Id).Take(take)
         from b in db.B.Where(b => b.AId == a.Id).DefaultIfEmpty()
         orderby a.Id, b.Id
         select new JoinedRow(a.Id, a.Data, b.Id, b.Data));

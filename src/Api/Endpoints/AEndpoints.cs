@@ -6,18 +6,30 @@ using Microsoft.EntityFrameworkCore;
 
 namespace AsyncOrmApi.Endpoints;
 
-/// <summary>The seed's reads (selectinload, session.stream) and its one write (the first A renamed).</summary>
+/// <summary>
+/// The seed's reads (selectinload, session.stream) and its one write (the first A renamed), in pages and
+/// resumable streams at any table size; and bulk ingest of new A.
+/// </summary>
 public static class AEndpoints
 {
     /// <summary>A PATCH body holds one string; far more than that is a mistake or an attack, not data.</summary>
     public const int MaxPatchBytes = 1024 * 1024;
 
+    /// <summary>The setting that bounds a POST /a body, in bytes (default 1 GiB).</summary>
+    public const string MaxIngestBytesSetting = "Ingest:MaxBodyBytes";
+    public const long DefaultMaxIngestBytes = 1024L * 1024 * 1024;
+
     public static IEndpointRouteBuilder MapA(this IEndpointRouteBuilder routes)
     {
         var a = routes.MapGroup("/a").WithTags("A").ProducesProblem(StatusCodes.Status503ServiceUnavailable);
 
-        a.MapGet("/", GetAll).WithName("GetAllA")
-            .WithSummary("Every A with its Bs, ordered by id (buffered eager load)");
+        a.MapGet("/", GetPage).WithName("GetAllA")
+            .WithSummary("A page of A with their Bs, ordered by id (buffered eager load)")
+            .WithDescription($"Keyset pages: at most `limit` A (default {Paging.DefaultLimit:N0}, at most {Paging.MaxLimit:N0}) with id "
+                + "greater than `after`, each with all its Bs. When more follow, the `Link` header holds the next page's URL "
+                + "(`rel=\"next\"`): follow it rather than building one. The last page has no `next`.")
+            .WithMetadata(Paging.Limit, Paging.After)
+            .ProducesValidationProblem();
         a.MapGet("/first", GetFirst).WithName("GetFirstA")
             .WithSummary("The first A (lowest id) with its Bs")
             .WithDescription("Answers with a strong `ETag` (the row's version); `If-None-Match` with it gives 304.")
@@ -26,7 +38,10 @@ public static class AEndpoints
         a.MapGet("/stream", Stream).WithName("StreamA")
             .WithSummary("Every A with its Bs, streamed from the database as a JSON array or NDJSON")
             .WithDescription("Rows are sent as PostgreSQL returns them, in constant memory. "
-                + "Send `Accept: application/x-ndjson` for one A per line instead of a JSON array.");
+                + "Send `Accept: application/x-ndjson` for one A per line instead of a JSON array. "
+                + "A client whose stream was cut resumes with `after` = the id of the last whole A it received.")
+            .WithMetadata(Paging.After)
+            .ProducesValidationProblem();
         a.MapPatch("/first", PatchFirst).WithName("PatchFirstA")
             .WithSummary("Sets the first A's data and commits")
             .WithDescription("With `If-Match` (an ETag of GET /a/first) the update happens only if the row is still at that "
@@ -38,11 +53,41 @@ public static class AEndpoints
             .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
             .ProducesProblem(StatusCodes.Status415UnsupportedMediaType);
 
+        // It adds data like POST /seed, so it takes the admin key like POST /seed.
+        var maxIngest = routes.ServiceProvider.GetRequiredService<IConfiguration>().GetValue(MaxIngestBytesSetting, DefaultMaxIngestBytes);
+        a.MapGroup("").RequireAdminKey("POST /a").MapPost("/", Ingest).WithName("IngestA")
+            .WithSummary("Adds many A with their Bs from an NDJSON body, all or nothing")
+            .WithDescription("One A per line, `{\"data\": \"x\", \"bs\": [{\"data\": \"y\"}, {\"data\": null}]}` (`bs` optional), "
+                + "sent as `application/x-ndjson`. Lines are copied into PostgreSQL (binary COPY) as they arrive, in one "
+                + "transaction: A ids follow line order, and a bad line rejects the whole body with a 400 naming the line. "
+                + $"The body may be up to {MaxIngestBytesSetting} bytes (default 1 GiB).")
+            .Accepts<NewA>(NdJsonLines.MediaType)
+            .WithMetadata(new RequestSizeLimitAttribute(maxIngest))
+            .ProducesProblem(StatusCodes.Status400BadRequest)
+            .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
+            .ProducesProblem(StatusCodes.Status415UnsupportedMediaType);
+
         return routes;
     }
 
-    static async Task<Ok<List<ADto>>> GetAll(AppDb db, CancellationToken ct) =>
-        TypedResults.Ok(await Queries.AllA(db, ct).ToListAsync(ct));
+    static async Task<Results<Ok<List<ADto>>, ValidationProblem>> GetPage(int? limit, int? after, AppDb db, HttpContext http, CancellationToken ct)
+    {
+        if (Paging.Check(limit) is { } invalid)
+            return invalid;
+        var take = limit ?? Paging.DefaultLimit;
+        var page = new List<ADto>();
+        // One A more than the page tells whether another page follows; its Bs are the only rows read in vain.
+        await foreach (var a in Queries.PageA(db, Paging.Start(after), take + 1, ct))
+        {
+            if (page.Count == take)
+            {
+                Paging.SetNext(http, page[^1].Id, take);
+                break;
+            }
+            page.Add(a);
+        }
+        return TypedResults.Ok(page);
+    }
 
     static async Task<Results<Ok<ADto>, StatusCodeHttpResult, ProblemHttpResult>> GetFirst(
         [FromHeader(Name = "If-None-Match")] string? ifNoneMatch, AppDb db, HttpResponse response, CancellationToken ct)
@@ -55,7 +100,7 @@ public static class AEndpoints
             : TypedResults.Ok(first.A);
     }
 
-    static AStreamResult Stream(AppDb db) => new(Queries.AllA(db));
+    static AStreamResult Stream(int? after, AppDb db) => new(Queries.AllA(db, Paging.Start(after)));
 
     static async Task<Results<Ok<ADto>, ValidationProblem, ProblemHttpResult>> PatchFirst(
         [FromBody] PatchA patch, [FromHeader(Name = "If-Match")] string? ifMatch,
@@ -80,5 +125,15 @@ public static class AEndpoints
             return Problems.VersionChanged();
         await tx.CommitAsync(ct);
         return TypedResults.Ok(first.A);
+    }
+
+    static async Task<Results<Created<RowCounts>, ProblemHttpResult>> Ingest(HttpRequest request, AppDb db, CancellationToken ct)
+    {
+        if (!NdJsonLines.IsNdJson(request))
+            return Problems.NotNdJson();
+        var (a, b) = await db.AddAllAsync(NdJsonLines.ReadAsync(request.BodyReader, ct), ct);
+        if (a == 0)
+            return Problems.EmptyBody();
+        return TypedResults.Created("/a", new RowCounts(a, b));
     }
 }

@@ -11,11 +11,13 @@ public static class AdminEndpoints
 
     public static IEndpointRouteBuilder MapAdmin(this IEndpointRouteBuilder routes)
     {
-        var admin = routes.MapGroup("/").WithTags("Admin").RequireAdminKey()
+        var admin = routes.MapGroup("/").WithTags("Admin").RequireAdminKey("POST /reset, POST /seed")
             .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
 
         admin.MapPost("/reset", Reset).WithName("Reset")
-            .WithSummary("Drops and creates the tables a and b (all rows are lost)");
+            .WithSummary("Drops and creates the tables a and b (all rows are lost)")
+            .WithDescription("The seed's `drop_all` and `create_all`, in one transaction: only the tables a and b, "
+                + "which come back empty with their sequences restarted.");
         admin.MapPost("/seed", Seed).WithName("Seed")
             .WithSummary("Adds the seed's graph: A a1 with 2 B, a2 with 1, a3 with 2")
             .WithDescription($"`count` adds that many copies of the graph (1 to {MaxCopies:N0}) in one transaction.")
@@ -30,12 +32,12 @@ public static class AdminEndpoints
         return TypedResults.NoContent();
     }
 
-    static async Task<Results<Created<SeedCounts>, ValidationProblem>> Seed(AppDb db, CancellationToken ct, int count = 1)
+    static async Task<Results<Created<RowCounts>, ValidationProblem>> Seed(AppDb db, CancellationToken ct, int count = 1)
     {
         if (count is < 1 or > MaxCopies)
             return Problems.Invalid("count", $"count must be between 1 and {MaxCopies:N0}; it was {count}.");
 
         var (a, b) = await db.AddCopiesAsync(count, ct);
-        return TypedResults.Created("/a", new SeedCounts(a, b));
+        return TypedResults.Created("/a", new RowCounts(a, b));
     }
 }

@@ -12,7 +12,8 @@ public static class AdminKey
     public const string Header = "X-Api-Key";
     public const string Setting = "Admin:ApiKey";
 
-    public static RouteGroupBuilder RequireAdminKey(this RouteGroupBuilder group)
+    /// <param name="operations">The guarded operations, as the start-up warning names them when they are off.</param>
+    public static RouteGroupBuilder RequireAdminKey(this RouteGroupBuilder group, string operations)
     {
         var services = ((IEndpointRouteBuilder)group).ServiceProvider;
         var env = services.GetRequiredService<IHostEnvironment>();
@@ -25,8 +26,8 @@ public static class AdminKey
 
         if (string.IsNullOrEmpty(key))
             services.GetRequiredService<ILoggerFactory>().CreateLogger(typeof(AdminKey)).LogWarning(
-                "POST /reset and POST /seed are off: no admin key is configured. Set {Setting} (environment variable "
-                + "Admin__ApiKey) and send it in the {Header} header to turn them on.", Setting, Header);
+                "Admin operations off ({Operations}): no admin key is configured. Set {Setting} (environment variable "
+                + "Admin__ApiKey) and send it in the {Header} header to turn them on.", operations, Setting, Header);
 
         // Hashing first makes the comparison take the same time whatever the length or content of the guess.
         var expected = string.IsNullOrEmpty(key) ? null : SHA256.HashData(Encoding.UTF8.GetBytes(key));

@@ -16,39 +16,69 @@ public static class ApiDocs
                 Title = "AsyncOrmApi",
                 Version = "v1",
                 Description = "SQLAlchemy's asyncio ORM example (async_orm.py) served over HTTP on EF Core and PostgreSQL: "
-                    + "reset the tables, seed the A/B graph, read it buffered or streamed, rename the first A.",
+                    + "reset the tables, seed the A/B graph, read it in pages or streamed, rename the first A, add many A at once.",
+                Contact = new OpenApiContact { Name = "AsyncOrmApi maintainers" },
+                License = new OpenApiLicense { Name = "MIT", Url = new Uri("https://opensource.org/licenses/MIT") },
             });
             o.AddSecurityDefinition(AdminKeyScheme, new OpenApiSecurityScheme
             {
                 Type = SecuritySchemeType.ApiKey,
                 In = ParameterLocation.Header,
                 Name = AdminKey.Header,
-                Description = "The admin key (setting Admin:ApiKey) for POST /reset and POST /seed; not needed in Development.",
+                Description = "The admin key (setting Admin:ApiKey) for POST /reset, POST /seed and POST /a; not needed in Development.",
             });
             o.OperationFilter<AdminKeyRequirement>();
+            o.OperationFilter<ParameterRules>();
             o.OperationFilter<ResponseHeaders>();
+            o.DocumentFilter<TagDescriptions>();
         });
         return services;
     }
 
     const string AdminKeyScheme = "AdminKey";
 
-    /// <summary>Puts the admin key on the operations that take it, so Swagger UI's Authorize button sends it.</summary>
+    /// <summary>
+    /// Puts the admin key on the operations that take it, so Swagger UI's Authorize button sends it, and says of
+    /// every other operation that it is open (<c>security: []</c>), so that clients and linters need not guess.
+    /// </summary>
     sealed class AdminKeyRequirement : IOperationFilter
+    {
+        public void Apply(OpenApiOperation operation, OperationFilterContext context) =>
+            operation.Security = context.ApiDescription.ActionDescriptor.EndpointMetadata.OfType<AdminKeyMetadata>().Any()
+                ? [new() { [new OpenApiSecuritySchemeReference(AdminKeyScheme, context.Document)] = [] }]
+                : [];
+    }
+
+    /// <summary>Describes each query parameter by the rule its 400 quotes (<see cref="ParameterRule"/>).</summary>
+    sealed class ParameterRules : IOperationFilter
     {
         public void Apply(OpenApiOperation operation, OperationFilterContext context)
         {
-            if (context.ApiDescription.ActionDescriptor.EndpointMetadata.OfType<AdminKeyMetadata>().Any())
-                operation.Security = [new() { [new OpenApiSecuritySchemeReference(AdminKeyScheme, context.Document)] = [] }];
+            var rules = context.ApiDescription.ActionDescriptor.EndpointMetadata.OfType<ParameterRule>().ToList();
+            foreach (var parameter in operation.Parameters?.OfType<OpenApiParameter>() ?? [])
+                if (rules.FirstOrDefault(r => r.Name == parameter.Name) is { } rule)
+                    parameter.Description = rule.Rule;
         }
     }
 
-    /// <summary>Documents the headers the handlers set: ETag beside the conditional requests, Retry-After on 503.</summary>
+    sealed class TagDescriptions : IDocumentFilter
+    {
+        public void Apply(OpenApiDocument document, DocumentFilterContext context) => document.Tags = new HashSet<OpenApiTag>
+        {
+            new() { Name = "A", Description = "The seed's rows: A with their Bs, read in pages or streamed, the first A renamed, many A added at once." },
+            new() { Name = "Admin", Description = "The seed's set-up steps; they take the admin key outside Development." },
+        };
+    }
+
+    /// <summary>
+    /// Documents the headers the handlers set: ETag beside the conditional requests, Link on a page, Retry-After on 503.
+    /// </summary>
     sealed class ResponseHeaders : IOperationFilter
     {
         public void Apply(OpenApiOperation operation, OperationFilterContext context)
         {
             var conditional = operation.Parameters?.Any(p => p.Name is "If-Match" or "If-None-Match") == true;
+            var paged = operation.Parameters?.Any(p => p.Name == Paging.Limit.Name) == true;
             foreach (var (code, response) in operation.Responses ?? [])
             {
                 if (response is not OpenApiResponse r)
@@ -56,6 +86,9 @@ public static class ApiDocs
                 if (conditional && code is "200" or "304" or "412")
                     (r.Headers ??= new Dictionary<string, IOpenApiHeader>())["ETag"] = Header(
                         "The first A's current version, a strong ETag: send it back in If-Match or If-None-Match.");
+                if (paged && code == "200")
+                    (r.Headers ??= new Dictionary<string, IOpenApiHeader>())["Link"] = Header(
+                        "When more A follow: `</a?after=ID&limit=N>; rel=\"next\"` (RFC 8288), the next page's URL. Absent on the last page.");
                 if (code == "503")
                     (r.Headers ??= new Dictionary<string, IOpenApiHeader>())["Retry-After"] = Header(
                         "Seconds to wait before trying again.");
@@ -68,7 +101,10 @@ public static class ApiDocs
 
     public static WebApplication UseApiDocs(this WebApplication app)
     {
-        app.UseSwagger();
+        // The server is wherever the document was fetched from: a URL relative to it (OpenAPI 3.0, 4.1) stays
+        // right behind any host name or proxy, where an absolute one would be a guess.
+        app.UseSwagger(o => o.PreSerializeFilters.Add((document, request) =>
+            document.Servers = [new OpenApiServer { Url = request.PathBase.HasValue ? request.PathBase.Value : "/" }]));
         app.UseSwaggerUI(o => o.DocumentTitle = "AsyncOrmApi");
         app.MapGet("/", () => TypedResults.Redirect("/swagger")).ExcludeFromDescription();
         return app;

@@ -36,7 +36,8 @@ public static class Problems
         StatusCodes.Status404NotFound => $"No endpoint at {http.Request.Path}: the operations are listed at /swagger.",
         StatusCodes.Status405MethodNotAllowed =>
             $"{http.Request.Method} is not allowed on {http.Request.Path}; the Allow header lists the methods that are.",
-        StatusCodes.Status415UnsupportedMediaType => "The body must be JSON, sent with Content-Type: application/json.",
+        StatusCodes.Status415UnsupportedMediaType => $"{http.Request.Method} {http.Request.Path} does not take a body of type "
+            + $"'{http.Request.ContentType}': PATCH /a/first takes application/json, POST /a {NdJsonLines.MediaType}.",
         _ => null,
     };
 
@@ -68,7 +69,7 @@ public static class Problems
 
     public static ProblemHttpResult AdminOff() =>
         TypedResults.Problem(statusCode: StatusCodes.Status403Forbidden, title: "Admin endpoints are off",
-            detail: "No admin key is configured on the server: set Admin__ApiKey to turn POST /reset and POST /seed on.");
+            detail: "No admin key is configured on the server: set Admin__ApiKey to turn the admin operations (POST /reset, POST /seed, POST /a) on.");
 
     public static ProblemHttpResult AdminKeyMissing() =>
         TypedResults.Problem(statusCode: StatusCodes.Status401Unauthorized, title: "Admin key required",
@@ -82,6 +83,14 @@ public static class Problems
         TypedResults.Problem(statusCode: StatusCodes.Status412PreconditionFailed, title: "The first A has changed",
             detail: "If-Match does not hold the first A's current ETag: nothing was changed. GET /a/first for the "
                 + "current version (this answer's ETag) and try again.");
+
+    public static ProblemHttpResult NotNdJson() =>
+        TypedResults.Problem(statusCode: StatusCodes.Status415UnsupportedMediaType, title: "Unsupported media type",
+            detail: $"The body must be NDJSON, one A per line, sent with Content-Type: {NdJsonLines.MediaType}.");
+
+    public static ProblemHttpResult EmptyBody() =>
+        TypedResults.Problem(statusCode: StatusCodes.Status400BadRequest, title: "Bad request",
+            detail: "The body holds no A: send one JSON object per line, such as {\"data\": \"x\", \"bs\": [{\"data\": null}]}.");
 
     public static ValidationProblem Invalid(string field, string message) =>
         TypedResults.ValidationProblem(new Dictionary<string, string[]> { [field] = [message] },
@@ -102,7 +111,7 @@ public static class Problems
         {
             ProblemHttpResult problem;
             if (exception is BadHttpRequestException bad)
-                problem = TypedResults.Problem(statusCode: bad.StatusCode, title: "Bad request", detail: Describe(bad));
+                problem = TypedResults.Problem(statusCode: bad.StatusCode, title: "Bad request", detail: Describe(http, bad));
             else if (IsDatabaseOutage(exception))
             {
                 log.LogWarning("{Method} {Path}: PostgreSQL unavailable ({Error})", http.Request.Method, http.Request.Path,
@@ -125,14 +134,28 @@ public static class Problems
 
         // The framework's message names the parameter; the JSON reader's, the place in the body. A value of
         // the wrong type is told by its path alone: the reader's words would name a .NET type.
-        static string Describe(BadHttpRequestException bad) => bad.InnerException switch
+        static string Describe(HttpContext http, BadHttpRequestException bad) => bad.InnerException switch
         {
             JsonException { InnerException: JsonException syntax } => $"{bad.Message} The body is not valid JSON: {syntax.Message}",
             JsonException { InnerException: { } cause } json => $"{bad.Message} The value at {json.Path} is not valid: {cause.Message}",
             JsonException { Path: { } path } json when json.Message.StartsWith("The JSON value could not be converted") =>
                 $"{bad.Message} The value at {path} has the wrong type (line {json.LineNumber}, byte {json.BytePositionInLine}).",
             JsonException json => $"{bad.Message} {json.Message}",
+            _ when RuleFor(http, bad) is { } rule => $"{bad.Message} {rule.Rule}",
             _ => bad.Message,
         };
+
+        // The framework names a parameter it could not bind ("Failed to bind parameter \"int? limit\" from \"abc\".")
+        // but not what it accepts: the endpoint's rule for that parameter says it.
+        static ParameterRule? RuleFor(HttpContext http, BadHttpRequestException bad) =>
+            // The exception handler has already cleared the request's endpoint; its feature keeps it.
+            http.Features.Get<IExceptionHandlerFeature>()?.Endpoint?.Metadata.GetOrderedMetadata<ParameterRule>()
+                .FirstOrDefault(r => bad.Message.Contains($" {r.Name}\" from ", StringComparison.Ordinal));
     }
 }
+
+/// <summary>
+/// What a query parameter accepts, in words: endpoint metadata that the OpenAPI document shows as the
+/// parameter's description and that a 400 for a value of the wrong type quotes.
+/// </summary>
+public sealed record ParameterRule(string Name, string Rule);

@@ -156,6 +156,27 @@ public sealed class ApiFactory : WebApplicationFactory<Program>, IAsyncLifetime
         "SELECT coalesce((SELECT string_agg(format('a %s %L', id, data), E'\\n' ORDER BY id) FROM a), '') || E'\\n--\\n' || "
         + "coalesce((SELECT string_agg(format('b %s %s %L', id, a_id, data), E'\\n' ORDER BY id) FROM b), '')");
 
+    /// <summary>The SQL of every command the API sends to PostgreSQL while <paramref name="action"/> runs (Npgsql's own tracing).</summary>
+    public async Task<List<string>> CapturedSqlAsync(Func<Task> action)
+    {
+        var database = new NpgsqlConnectionStringBuilder(ConnectionString).Database;
+        var sql = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        using var listener = new ActivityListener
+        {
+            ShouldListenTo = source => source.Name == "Npgsql",
+            Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
+            ActivityStopped = activity =>
+            {
+                if ((activity.GetTagItem("db.query.text") ?? activity.GetTagItem("db.statement")) is string text
+                    && Equals(activity.GetTagItem("db.namespace") ?? activity.GetTagItem("db.name"), database))
+                    sql.Enqueue(text);
+            },
+        };
+        ActivitySource.AddActivityListener(listener);
+        await action();
+        return [.. sql];
+    }
+
     public async Task SeedAsync(int count = 1)
     {
         var response = await CreateClient().PostAsync($"/seed?count={count}", null);

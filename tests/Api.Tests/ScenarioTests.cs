@@ -135,12 +135,18 @@ public sealed class ScenarioTests(ApiFactory api) : ApiTest(api)
     }
 
     [Fact]
-    public async Task A_big_seed_is_complete_and_its_stream_equals_the_buffered_read()
+    public async Task A_big_seed_is_complete_and_its_stream_equals_the_pages()
     {
         await Api.SeedAsync(2000);
         Assert.Equal("6000 10000 0", await Api.ScalarAsync<string>(
             "SELECT (SELECT count(*) FROM a) || ' ' || (SELECT count(*) FROM b) || ' ' || (SELECT count(*) FROM b WHERE a_id IS NULL)"));
-        var all = await Api.GetAllAsync();
+        var all = new List<ADto>();
+        for (var path = "/a"; path is not null; )
+        {
+            var page = await Client.GetAsync(path);
+            all.AddRange(await JsonArrayAsync(page));
+            path = page.Headers.TryGetValues("Link", out var link) ? link.Single().Split('<', '>')[1] : null;
+        }
         Equivalent(SeedGraph(2000), all);
         Equivalent(all, await JsonArrayAsync(await Client.GetAsync("/a/stream")));
         Equivalent(all, await NdJsonAsync(await GetNdJsonAsync("/a/stream")));

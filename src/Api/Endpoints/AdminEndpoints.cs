@@ -9,6 +9,9 @@ public static class AdminEndpoints
 {
     public const int MaxCopies = 1_000_000;
 
+    static readonly ParameterRule Count = new("count",
+        $"count must be an integer from 1 to {MaxCopies:N0}: the copies of the graph to add, in one transaction (default 1).");
+
     public static IEndpointRouteBuilder MapAdmin(this IEndpointRouteBuilder routes)
     {
         var admin = routes.MapGroup("/").WithTags("Admin").RequireAdminKey("POST /reset, POST /seed")
@@ -21,6 +24,7 @@ public static class AdminEndpoints
         admin.MapPost("/seed", Seed).WithName("Seed")
             .WithSummary("Adds the seed's graph: A a1 with 2 B, a2 with 1, a3 with 2")
             .WithDescription($"`count` adds that many copies of the graph (1 to {MaxCopies:N0}) in one transaction.")
+            .WithMetadata(Count)
             .ProducesValidationProblem();
 
         return routes;
@@ -35,7 +39,7 @@ public static class AdminEndpoints
     static async Task<Results<Created<RowCounts>, ValidationProblem>> Seed(AppDb db, CancellationToken ct, int count = 1)
     {
         if (count is < 1 or > MaxCopies)
-            return Problems.Invalid("count", $"count must be between 1 and {MaxCopies:N0}; it was {count}.");
+            return Problems.Invalid(Count.Name, $"{Count.Rule} It was {count}.");
 
         var (a, b) = await db.AddCopiesAsync(count, ct);
         return TypedResults.Created("/a", new RowCounts(a, b));

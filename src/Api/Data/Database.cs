@@ -19,8 +19,14 @@ public static class Database
                     // The same few statements run on every request: let Npgsql prepare them once per
                     // connection instead of having PostgreSQL parse and plan them each time (unless the
                     // connection string says otherwise).
-                    if (source.ConnectionStringBuilder.MaxAutoPrepare == 0)
-                        source.ConnectionStringBuilder.MaxAutoPrepare = 20;
+                    var settings = source.ConnectionStringBuilder;
+                    if (settings.MaxAutoPrepare == 0)
+                        settings.MaxAutoPrepare = 20;
+                    // A pooled connection is reset before its next use (RESET ALL, DISCARD TEMP, unlock all ...):
+                    // the costliest statement of a GET /a in the server's log, 0.2-0.5 ms against 0.05 for the
+                    // query. The API leaves no session state behind (no SET, LISTEN, temporary tables or session
+                    // locks; its advisory lock is per transaction), so there is nothing to reset (script/bench).
+                    settings.NoResetOnClose = true;
                 }))
             .EnableSensitiveDataLogging(logSql));
 

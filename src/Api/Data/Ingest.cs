@@ -1,3 +1,4 @@
+using System.Threading.Channels;
 using Microsoft.EntityFrameworkCore;
 using Npgsql;
 using NpgsqlTypes;
@@ -23,27 +24,63 @@ public static class Ingest
         // A gigabyte body takes minutes, and its statements run while the body is still arriving.
         db.Database.SetCommandTimeout(TimeSpan.FromMinutes(10));
         await using var tx = await db.Database.BeginTransactionAsync(ct);
-        var connection = (NpgsqlConnection)db.Database.GetDbConnection();
-        var batch = new List<NewA>(BatchRows);
-        long chars = 0, a = 0, b = 0;
-        await foreach (var line in lines)
+        // The body is parsed while the previous batch is being copied: one batch waits, so memory stays at two
+        // batches, and reading and COPY overlap instead of taking turns (script/bench).
+        var batches = Channel.CreateBounded<List<NewA>>(new BoundedChannelOptions(1) { SingleReader = true, SingleWriter = true });
+        var copying = CopyAllAsync((NpgsqlConnection)db.Database.GetDbConnection(), batches, ct);
+        var reading = ReadAllAsync(lines, batches.Writer, ct);
+        // A failed COPY surfaces before the reading it stopped; a bad line ends the reading and, through it, the COPY.
+        await Task.WhenAll(copying, reading);
+        await tx.CommitAsync(ct);
+        return copying.Result;
+    }
+
+    static async Task ReadAllAsync(IAsyncEnumerable<NewA> lines, ChannelWriter<List<NewA>> batches, CancellationToken ct)
+    {
+        try
         {
-            batch.Add(line);
-            chars += line.Data?.Length ?? 0;
-            foreach (var newB in line.Bs ?? [])
-                chars += newB.Data?.Length ?? 0;
-            if (batch.Count == BatchRows || chars >= BatchChars)
+            var batch = new List<NewA>(BatchRows);
+            long chars = 0;
+            await foreach (var line in lines)
+            {
+                batch.Add(line);
+                chars += line.Data?.Length ?? 0;
+                foreach (var newB in line.Bs ?? [])
+                    chars += newB.Data?.Length ?? 0;
+                if (batch.Count == BatchRows || chars >= BatchChars)
+                {
+                    await batches.WriteAsync(batch, ct);
+                    batch = new List<NewA>(BatchRows);
+                    chars = 0;
+                }
+            }
+            if (batch.Count > 0)
+                await batches.WriteAsync(batch, ct);
+        }
+        finally
+        {
+            batches.TryComplete();
+        }
+    }
+
+    static async Task<(long A, long B)> CopyAllAsync(NpgsqlConnection connection, Channel<List<NewA>> batches, CancellationToken ct)
+    {
+        try
+        {
+            long a = 0, b = 0;
+            await foreach (var batch in batches.Reader.ReadAllAsync(ct))
             {
                 b += await CopyAsync(connection, batch, ct);
                 a += batch.Count;
-                batch.Clear();
-                chars = 0;
             }
+            return (a, b);
         }
-        b += await CopyAsync(connection, batch, ct);
-        a += batch.Count;
-        await tx.CommitAsync(ct);
-        return (a, b);
+        catch (Exception e)
+        {
+            // Stops the reading, which may be waiting to hand over its next batch.
+            batches.Writer.TryComplete(e);
+            throw;
+        }
     }
 
     /// <summary>
@@ -52,8 +89,6 @@ public static class Ingest
     /// </summary>
     static async Task<long> CopyAsync(NpgsqlConnection connection, List<NewA> batch, CancellationToken ct)
     {
-        if (batch.Count == 0)
-            return 0;
         var ids = new int[batch.Count];
         await using (var next = new NpgsqlCommand(
             "SELECT nextval(pg_get_serial_sequence('a', 'id'))::int FROM generate_series(1, $1)", connection))
@@ -68,9 +103,9 @@ public static class Ingest
         {
             for (var i = 0; i < batch.Count; i++)
             {
-                await copy.StartRowAsync(ct);
-                await copy.WriteAsync(ids[i], NpgsqlDbType.Integer, ct);
-                await WriteTextAsync(copy, batch[i].Data, ct);
+                copy.StartRow();
+                copy.Write(ids[i], NpgsqlDbType.Integer);
+                WriteText(copy, batch[i].Data);
             }
             await copy.CompleteAsync(ct);
         }
@@ -81,15 +116,20 @@ public static class Ingest
             for (var i = 0; i < batch.Count; i++)
                 foreach (var newB in batch[i].Bs ?? [])
                 {
-                    await copy.StartRowAsync(ct);
-                    await copy.WriteAsync(ids[i], NpgsqlDbType.Integer, ct);
-                    await WriteTextAsync(copy, newB.Data, ct);
+                    copy.StartRow();
+                    copy.Write(ids[i], NpgsqlDbType.Integer);
+                    WriteText(copy, newB.Data);
                 }
             bs = await copy.CompleteAsync(ct);
         }
         return (long)bs;
     }
 
-    static Task WriteTextAsync(NpgsqlBinaryImporter copy, string? text, CancellationToken ct) =>
-        text is null ? copy.WriteNullAsync(ct) : copy.WriteAsync(text, NpgsqlDbType.Varchar, ct);
+    static void WriteText(NpgsqlBinaryImporter copy, string? text)
+    {
+        if (text is null)
+            copy.WriteNull();
+        else
+            copy.Write(text, NpgsqlDbType.Varchar);
+    }
 }

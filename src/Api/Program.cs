@@ -15,9 +15,17 @@ builder.Services.AddProblems();
 // OpenAPI document and Swagger UI, in every environment.
 builder.Services.AddApiDocs();
 
+// Telemetry: OpenTelemetry traces and metrics, GET /metrics, JSON logs outside Development.
+builder.AddTelemetry();
+
+// Limits: per-client rate limits and request timeouts.
+builder.AddLimits();
+
 var app = builder.Build();
 
+app.UseTelemetry();
 app.UseProblems();
+app.UseLimits();
 app.UseApiDocs();
 
 await app.PrepareDatabaseAsync();

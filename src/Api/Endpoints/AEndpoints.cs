@@ -29,19 +29,25 @@ public static class AEndpoints
                 + "greater than `after`, each with all its Bs. When more follow, the `Link` header holds the next page's URL "
                 + "(`rel=\"next\"`): follow it rather than building one. The last page has no `next`.")
             .WithMetadata(Paging.Limit, Paging.After)
-            .ProducesValidationProblem();
+            .ProducesValidationProblem()
+            .ReadLimited()
+            .Timed();
         a.MapGet("/first", GetFirst).WithName("GetFirstA")
             .WithSummary("The first A (lowest id) with its Bs")
             .WithDescription("Answers with a strong `ETag` (the row's version); `If-None-Match` with it gives 304.")
             .Produces(StatusCodes.Status304NotModified)
-            .ProducesProblem(StatusCodes.Status404NotFound);
+            .ProducesProblem(StatusCodes.Status404NotFound)
+            .Timed();
         a.MapGet("/stream", Stream).WithName("StreamA")
             .WithSummary("Every A with its Bs, streamed from the database as a JSON array or NDJSON")
             .WithDescription("Rows are sent as PostgreSQL returns them, in constant memory. "
                 + "Send `Accept: application/x-ndjson` for one A per line instead of a JSON array. "
                 + "A client whose stream was cut resumes with `after` = the id of the last whole A it received.")
             .WithMetadata(Paging.After)
-            .ProducesValidationProblem();
+            .ProducesValidationProblem()
+            .ReadLimited()
+            // A stream runs as long as the table is long; it stops when its client leaves.
+            .DisableRequestTimeout();
         a.MapPatch("/first", PatchFirst).WithName("PatchFirstA")
             .WithSummary("Sets the first A's data and commits")
             .WithDescription("With `If-Match` (an ETag of GET /a/first) the update happens only if the row is still at that "
@@ -51,7 +57,9 @@ public static class AEndpoints
             .ProducesProblem(StatusCodes.Status404NotFound)
             .ProducesProblem(StatusCodes.Status412PreconditionFailed)
             .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
-            .ProducesProblem(StatusCodes.Status415UnsupportedMediaType);
+            .ProducesProblem(StatusCodes.Status415UnsupportedMediaType)
+            .WriteLimited()
+            .Timed();
 
         // It adds data like POST /seed, so it takes the admin key like POST /seed.
         var maxIngest = routes.ServiceProvider.GetRequiredService<IConfiguration>().GetValue(MaxIngestBytesSetting, DefaultMaxIngestBytes);
@@ -65,7 +73,10 @@ public static class AEndpoints
             .WithMetadata(new RequestSizeLimitAttribute(maxIngest))
             .ProducesProblem(StatusCodes.Status400BadRequest)
             .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
-            .ProducesProblem(StatusCodes.Status415UnsupportedMediaType);
+            .ProducesProblem(StatusCodes.Status415UnsupportedMediaType)
+            .WriteLimited()
+            // A body of a gigabyte takes minutes to arrive; Kestrel's minimum data rate still drops a stalled client.
+            .DisableRequestTimeout();
 
         return routes;
     }

@@ -15,7 +15,9 @@ public static class AdminEndpoints
     public static IEndpointRouteBuilder MapAdmin(this IEndpointRouteBuilder routes)
     {
         var admin = routes.MapGroup("/").WithTags("Admin").RequireAdminKey("POST /reset, POST /seed")
-            .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
+            .ProducesProblem(StatusCodes.Status503ServiceUnavailable)
+            .WriteLimited()
+            .Timed();
 
         admin.MapPost("/reset", Reset).WithName("Reset")
             .WithSummary("Drops and creates the tables a and b (all rows are lost)")
@@ -25,7 +27,9 @@ public static class AdminEndpoints
             .WithSummary("Adds the seed's graph: A a1 with 2 B, a2 with 1, a3 with 2")
             .WithDescription($"`count` adds that many copies of the graph (1 to {MaxCopies:N0}) in one transaction.")
             .WithMetadata(Count)
-            .ProducesValidationProblem();
+            .ProducesValidationProblem()
+            // A million copies are eight million rows: minutes, like its command timeout.
+            .WithRequestTimeout(TimeSpan.FromMinutes(10));
 
         return routes;
     }

@@ -71,7 +71,7 @@ public static class ApiDocs
     }
 
     /// <summary>
-    /// Documents the headers the handlers set: ETag beside the conditional requests, Link on a page, Retry-After on 503.
+    /// Documents the headers the handlers set: ETag beside the conditional requests, Link on a page, Retry-After on 429 and 503.
     /// </summary>
     sealed class ResponseHeaders : IOperationFilter
     {
@@ -89,7 +89,7 @@ public static class ApiDocs
                 if (paged && code == "200")
                     (r.Headers ??= new Dictionary<string, IOpenApiHeader>())["Link"] = Header(
                         "When more A follow: `</a?after=ID&limit=N>; rel=\"next\"` (RFC 8288), the next page's URL. Absent on the last page.");
-                if (code == "503")
+                if (code is "429" or "503")
                     (r.Headers ??= new Dictionary<string, IOpenApiHeader>())["Retry-After"] = Header(
                         "Seconds to wait before trying again.");
             }

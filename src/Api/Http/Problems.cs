@@ -63,6 +63,18 @@ public static class Problems
         return false;
     }
 
+    public static ProblemHttpResult TooManyRequests(HttpResponse response, TimeSpan wait)
+    {
+        var seconds = Math.Max(1, (int)Math.Ceiling(wait.TotalSeconds));
+        response.Headers.RetryAfter = seconds.ToString();
+        return TypedResults.Problem(statusCode: StatusCodes.Status429TooManyRequests, title: "Too many requests",
+            detail: $"This client has used its budget for this kind of request; nothing was done. Try again in {seconds} seconds.");
+    }
+
+    public static ProblemHttpResult TimedOut(int seconds) =>
+        TypedResults.Problem(statusCode: StatusCodes.Status504GatewayTimeout, title: "Request timed out",
+            detail: $"No answer within {seconds} seconds: the request and its database query were cancelled.");
+
     public static ProblemHttpResult NoA() =>
         TypedResults.Problem(statusCode: StatusCodes.Status404NotFound, title: "No A",
             detail: "Table a has no rows: POST /seed adds the seed's graph.");

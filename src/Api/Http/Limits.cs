@@ -1,0 +1,83 @@
+using System.Threading.RateLimiting;
+using Microsoft.AspNetCore.Http.Timeouts;
+using Microsoft.AspNetCore.RateLimiting;
+
+namespace AsyncOrmApi.Http;
+
+/// <summary>
+/// Protection with what ASP.NET Core ships: per-client rate limits (a write budget, and a read budget for the
+/// expensive reads) answered with 429 and Retry-After, and a request timeout answered with 504 that cancels the
+/// request's PostgreSQL query. Limits are counted per API process: several processes behind a load balancer
+/// each allow the full budget.
+/// </summary>
+public static class Limits
+{
+    public const string WritesSetting = "RateLimit:WritesPerMinute";
+    public const string ReadsSetting = "RateLimit:ReadsPerMinute";
+    public const string TimeoutSetting = "Timeouts:RequestSeconds";
+    public const int DefaultWritesPerMinute = 1_200;
+    public const int DefaultRequestSeconds = 30;
+
+    const string Writes = "writes";
+    const string Reads = "reads";
+
+    public static WebApplicationBuilder AddLimits(this WebApplicationBuilder builder)
+    {
+        var config = builder.Configuration;
+        // Development is for trying things: no budget unless one is set. Elsewhere writes have one by default;
+        // reads only once it is set. 0 turns a budget off.
+        var writes = config.GetValue<int?>(WritesSetting) ?? (builder.Environment.IsDevelopment() ? 0 : DefaultWritesPerMinute);
+        var reads = config.GetValue<int?>(ReadsSetting) ?? 0;
+        builder.Services.AddRateLimiter(o =>
+        {
+            o.AddPolicy(Writes, http => PerClient(http, writes));
+            o.AddPolicy(Reads, http => PerClient(http, reads));
+            o.RejectionStatusCode = StatusCodes.Status429TooManyRequests;
+            o.OnRejected = (context, _) =>
+            {
+                var wait = context.Lease.TryGetMetadata(MetadataName.RetryAfter, out var retryAfter) ? retryAfter : TimeSpan.FromMinutes(1);
+                return new ValueTask(Problems.TooManyRequests(context.HttpContext.Response, wait).ExecuteAsync(context.HttpContext));
+            };
+        });
+
+        var seconds = config.GetValue(TimeoutSetting, DefaultRequestSeconds);
+        builder.Services.AddRequestTimeouts(o => o.DefaultPolicy = new RequestTimeoutPolicy
+        {
+            Timeout = TimeSpan.FromSeconds(seconds),
+            TimeoutStatusCode = StatusCodes.Status504GatewayTimeout,
+            WriteTimeoutResponse = http => Problems.TimedOut(seconds).ExecuteAsync(http),
+        });
+        return builder;
+    }
+
+    public static WebApplication UseLimits(this WebApplication app)
+    {
+        app.UseRateLimiter();
+        // The timeout cancels HttpContext.RequestAborted, which every query is given: Npgsql then cancels the
+        // query on the server, so nothing keeps running for an answer nobody will get.
+        app.UseRequestTimeouts();
+        return app;
+    }
+
+    /// <summary>Counts against the write budget: PATCH, reset, seed, ingest.</summary>
+    public static TBuilder WriteLimited<TBuilder>(this TBuilder builder) where TBuilder : IEndpointConventionBuilder =>
+        builder.RequireRateLimiting(Writes).ProducesProblem(StatusCodes.Status429TooManyRequests);
+
+    /// <summary>Counts against the read budget: the reads whose cost grows with the table (GET /a, the stream).</summary>
+    public static TBuilder ReadLimited<TBuilder>(this TBuilder builder) where TBuilder : IEndpointConventionBuilder =>
+        builder.RequireRateLimiting(Reads).ProducesProblem(StatusCodes.Status429TooManyRequests);
+
+    /// <summary>Bounded by the request timeout (the default for every endpoint; streams opt out).</summary>
+    public static TBuilder Timed<TBuilder>(this TBuilder builder) where TBuilder : IEndpointConventionBuilder =>
+        builder.ProducesProblem(StatusCodes.Status504GatewayTimeout);
+
+    static RateLimitPartition<string> PerClient(HttpContext http, int perMinute) =>
+        perMinute <= 0
+            ? RateLimitPartition.GetNoLimiter("")
+            : RateLimitPartition.GetFixedWindowLimiter(http.Connection.RemoteIpAddress?.ToString() ?? "", _ => new()
+            {
+                PermitLimit = perMinute,
+                Window = TimeSpan.FromMinutes(1),
+                QueueLimit = 0,
+            });
+}

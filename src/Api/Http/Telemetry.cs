@@ -1,0 +1,102 @@
+using System.Diagnostics;
+using Microsoft.AspNetCore.Diagnostics;
+using Npgsql;
+using OpenTelemetry;
+using OpenTelemetry.Metrics;
+using OpenTelemetry.Resources;
+using OpenTelemetry.Trace;
+
+namespace AsyncOrmApi.Http;
+
+/// <summary>
+/// What an operator sees, the .NET Aspire service-defaults way: OpenTelemetry traces (a server span per request,
+/// a child span per PostgreSQL command with its SQL text and never its parameter values) and metrics (ASP.NET
+/// Core's, Npgsql's, the runtime's), exported over OTLP when the standard OTEL_* variables say where, and scraped
+/// by Prometheus at GET /metrics; logs as JSON lines outside Development, one line per request.
+/// </summary>
+public static partial class Telemetry
+{
+    public const string Setting = "Telemetry:Enabled";
+    public const string DefaultServiceName = "asyncormapi";
+    public const string MetricsPath = "/metrics";
+
+    public static WebApplicationBuilder AddTelemetry(this WebApplicationBuilder builder)
+    {
+        // Outside Development a log line is a JSON object on stdout, carrying its request's trace id (the host
+        // tracks TraceId and SpanId in the logging scope) so that a line leads to its trace.
+        if (!builder.Environment.IsDevelopment())
+            builder.Logging.ClearProviders().AddJsonConsole(o =>
+            {
+                o.IncludeScopes = true;
+                o.UseUtcTimestamp = true;
+                o.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fffZ";
+            });
+        if (!builder.Configuration.GetValue(Setting, true))
+            return builder;
+
+        var serviceName = builder.Configuration["OTEL_SERVICE_NAME"] is { Length: > 0 } name ? name : DefaultServiceName;
+        var otel = builder.Services.AddOpenTelemetry()
+            .ConfigureResource(resource => resource.AddService(serviceName))
+            .WithTracing(tracing => tracing
+                .AddAspNetCoreInstrumentation(o => o.Filter = http => !IsOperational(http.Request.Path))
+                .AddNpgsql())
+            .WithMetrics(metrics => metrics
+                .AddAspNetCoreInstrumentation()
+                .AddNpgsqlInstrumentation()
+                .AddMeter("System.Runtime")
+                .AddPrometheusExporter());
+        builder.Logging.AddOpenTelemetry(o =>
+        {
+            o.IncludeFormattedMessage = true;
+            o.IncludeScopes = true;
+        });
+        // The exporter reads OTEL_EXPORTER_OTLP_ENDPOINT, _PROTOCOL and _HEADERS itself; without an endpoint
+        // nothing is sent anywhere (it would otherwise try localhost:4317).
+        if (builder.Configuration["OTEL_EXPORTER_OTLP_ENDPOINT"] is { Length: > 0 })
+            otel.UseOtlpExporter();
+        return builder;
+    }
+
+    /// <summary>The request log line, and the Prometheus scrape endpoint (open, unlimited, not in the OpenAPI document).</summary>
+    public static WebApplication UseTelemetry(this WebApplication app)
+    {
+        app.UseMiddleware<RequestLog>();
+        if (app.Configuration.GetValue(Setting, true))
+            app.MapPrometheusScrapingEndpoint(MetricsPath).ExcludeFromDescription().DisableRequestTimeout();
+        return app;
+    }
+
+    /// <summary>Probes and scrapes: polled all day long, their traces would bury the requests that matter.</summary>
+    static bool IsOperational(PathString path) => path.StartsWithSegments("/health") || path.StartsWithSegments(MetricsPath);
+
+    /// <summary>
+    /// One line per request: method, route (the endpoint's pattern, never the raw path or query), status and
+    /// duration. Never a header or a body, so neither the admin key nor an Authorization value can reach the log.
+    /// </summary>
+    sealed partial class RequestLog(RequestDelegate next, ILogger<RequestLog> log)
+    {
+        public async Task InvokeAsync(HttpContext http)
+        {
+            if (!log.IsEnabled(LogLevel.Information))
+            {
+                await next(http);
+                return;
+            }
+            var start = Stopwatch.GetTimestamp();
+            try
+            {
+                await next(http);
+            }
+            finally
+            {
+                // The exception handler clears the endpoint of a request that failed; its feature keeps it.
+                var endpoint = http.GetEndpoint() ?? http.Features.Get<IExceptionHandlerFeature>()?.Endpoint;
+                var route = (endpoint as RouteEndpoint)?.RoutePattern.RawText ?? "(no route)";
+                Answered(log, http.Request.Method, route, http.Response.StatusCode, Stopwatch.GetElapsedTime(start).TotalMilliseconds);
+            }
+        }
+
+        [LoggerMessage(Level = LogLevel.Information, Message = "{Method} {Route} answered {Status} in {DurationMs:0.0} ms")]
+        static partial void Answered(ILogger log, string method, string route, int status, double durationMs);
+    }
+}

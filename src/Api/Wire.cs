@@ -16,7 +16,10 @@ public sealed record PatchA(string? Data);
 /// <summary>How many rows <c>POST /seed</c> or <c>POST /a</c> added.</summary>
 public sealed record RowCounts(long A, long B);
 
-/// <summary>One line of a <c>POST /a</c> body: a new A and its new Bs; the ids come from the tables' sequences.</summary>
+/// <summary>
+/// One line of a <c>POST /a</c> body: a new A and its new Bs; the ids come from the tables' sequences. It documents
+/// the line; <see cref="Http.NdJsonLines"/> reads lines straight into batches, without an object per line.
+/// </summary>
 [JsonUnmappedMemberHandling(JsonUnmappedMemberHandling.Disallow)]
 public sealed record NewA(string? Data, List<NewB>? Bs);
 
@@ -36,7 +39,6 @@ public sealed record HealthStatus(string Status);
 [JsonSerializable(typeof(List<ADto>))]
 [JsonSerializable(typeof(PatchA))]
 [JsonSerializable(typeof(RowCounts))]
-[JsonSerializable(typeof(NewA))]
 [JsonSerializable(typeof(HealthStatus))]
 [JsonSerializable(typeof(ProblemDetails))]
 [JsonSerializable(typeof(HttpValidationProblemDetails))]

@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Threading.Channels;
 using Microsoft.EntityFrameworkCore;
 using Npgsql;
@@ -10,75 +11,58 @@ namespace AsyncOrmApi.Data;
 /// </summary>
 public static class Ingest
 {
-    // A batch is what sits in memory between the request body and COPY: a few MB at most, whatever the body's size.
-    const int BatchRows = 10_000;
-    const long BatchChars = 2 * 1024 * 1024;
-
     /// <summary>
     /// Adds every A of <paramref name="lines"/> with its Bs and counts them; nothing is added if the lines end in an
     /// exception (a bad line, a client that hung up). A ids follow line order; all ids come from the tables' own
     /// sequences, so a later seed or SQLAlchemy insert carries on after them.
     /// </summary>
-    public static async Task<(long A, long B)> AddAllAsync(this AppDb db, IAsyncEnumerable<NewA> lines, CancellationToken ct)
+    public static async Task<(long A, long B)> AddAllAsync(this AppDb db, IAsyncEnumerable<NewRows> batches, CancellationToken ct)
     {
         // A gigabyte body takes minutes, and its statements run while the body is still arriving.
         db.Database.SetCommandTimeout(TimeSpan.FromMinutes(10));
         await using var tx = await db.Database.BeginTransactionAsync(ct);
         // The body is parsed while the previous batch is being copied: one batch waits, so memory stays at two
         // batches, and reading and COPY overlap instead of taking turns (script/bench).
-        var batches = Channel.CreateBounded<List<NewA>>(new BoundedChannelOptions(1) { SingleReader = true, SingleWriter = true });
-        var copying = CopyAllAsync((NpgsqlConnection)db.Database.GetDbConnection(), batches, ct);
-        var reading = ReadAllAsync(lines, batches.Writer, ct);
+        var ready = Channel.CreateBounded<NewRows>(new BoundedChannelOptions(1) { SingleReader = true, SingleWriter = true });
+        var copying = CopyAllAsync((NpgsqlConnection)db.Database.GetDbConnection(), ready, ct);
+        var reading = ReadAllAsync(batches, ready.Writer, ct);
         // A failed COPY surfaces before the reading it stopped; a bad line ends the reading and, through it, the COPY.
         await Task.WhenAll(copying, reading);
         await tx.CommitAsync(ct);
         return copying.Result;
     }
 
-    static async Task ReadAllAsync(IAsyncEnumerable<NewA> lines, ChannelWriter<List<NewA>> batches, CancellationToken ct)
+    static async Task ReadAllAsync(IAsyncEnumerable<NewRows> batches, ChannelWriter<NewRows> ready, CancellationToken ct)
     {
         try
         {
-            var batch = new List<NewA>(BatchRows);
-            long chars = 0;
-            await foreach (var line in lines)
-            {
-                batch.Add(line);
-                chars += line.Data?.Length ?? 0;
-                foreach (var newB in line.Bs ?? [])
-                    chars += newB.Data?.Length ?? 0;
-                if (batch.Count == BatchRows || chars >= BatchChars)
-                {
-                    await batches.WriteAsync(batch, ct);
-                    batch = new List<NewA>(BatchRows);
-                    chars = 0;
-                }
-            }
-            if (batch.Count > 0)
-                await batches.WriteAsync(batch, ct);
+            await foreach (var batch in batches)
+                await ready.WriteAsync(batch, ct);
         }
         finally
         {
-            batches.TryComplete();
+            ready.TryComplete();
         }
     }
 
-    static async Task<(long A, long B)> CopyAllAsync(NpgsqlConnection connection, Channel<List<NewA>> batches, CancellationToken ct)
+    static async Task<(long A, long B)> CopyAllAsync(NpgsqlConnection connection, Channel<NewRows> ready, CancellationToken ct)
     {
         try
         {
             long a = 0, b = 0;
-            await foreach (var batch in batches.Reader.ReadAllAsync(ct))
-            {
-                b += await CopyAsync(connection, batch, ct);
-                a += batch.Count;
-            }
+            await foreach (var batch in ready.Reader.ReadAllAsync(ct))
+                using (batch)
+                {
+                    await CopyAsync(connection, batch, ct);
+                    a += batch.A;
+                    b += batch.B;
+                }
             return (a, b);
         }
         catch (Exception e)
         {
             // Stops the reading, which may be waiting to hand over its next batch.
-            batches.Writer.TryComplete(e);
+            ready.Writer.TryComplete(e);
             throw;
         }
     }
@@ -87,13 +71,13 @@ public static class Ingest
     /// Three round trips a batch: the A ids (taken from a_id_seq in line order, because each B must name its A),
     /// then COPY a, then COPY b (whose ids the column default takes from b_id_seq).
     /// </summary>
-    static async Task<long> CopyAsync(NpgsqlConnection connection, List<NewA> batch, CancellationToken ct)
+    static async Task CopyAsync(NpgsqlConnection connection, NewRows batch, CancellationToken ct)
     {
-        var ids = new int[batch.Count];
+        var ids = ArrayPool<int>.Shared.Rent(batch.A);
         await using (var next = new NpgsqlCommand(
             "SELECT nextval(pg_get_serial_sequence('a', 'id'))::int FROM generate_series(1, $1)", connection))
         {
-            next.Parameters.Add(new() { Value = batch.Count });
+            next.Parameters.Add(new() { Value = batch.A });
             await using var reader = await next.ExecuteReaderAsync(ct);
             for (var i = 0; await reader.ReadAsync(ct); i++)
                 ids[i] = reader.GetInt32(0);
@@ -101,35 +85,40 @@ public static class Ingest
 
         await using (var copy = await connection.BeginBinaryImportAsync("COPY a (id, data) FROM STDIN (FORMAT BINARY)", ct))
         {
-            for (var i = 0; i < batch.Count; i++)
+            var i = 0;
+            foreach (var (data, _) in batch.As())
             {
                 copy.StartRow();
-                copy.Write(ids[i], NpgsqlDbType.Integer);
-                WriteText(copy, batch[i].Data);
+                copy.Write(ids[i++], NpgsqlDbType.Integer);
+                WriteText(copy, data);
             }
             await copy.CompleteAsync(ct);
         }
 
-        ulong bs;
         await using (var copy = await connection.BeginBinaryImportAsync("COPY b (a_id, data) FROM STDIN (FORMAT BINARY)", ct))
         {
-            for (var i = 0; i < batch.Count; i++)
-                foreach (var newB in batch[i].Bs ?? [])
+            using var bs = batch.Bs().GetEnumerator();
+            var i = 0;
+            foreach (var count in batch.BCounts())
+            {
+                for (var k = 0; k < count && bs.MoveNext(); k++)
                 {
                     copy.StartRow();
                     copy.Write(ids[i], NpgsqlDbType.Integer);
-                    WriteText(copy, newB.Data);
+                    WriteText(copy, bs.Current);
                 }
-            bs = await copy.CompleteAsync(ct);
+                i++;
+            }
+            await copy.CompleteAsync(ct);
         }
-        return (long)bs;
+        ArrayPool<int>.Shared.Return(ids);
     }
 
-    static void WriteText(NpgsqlBinaryImporter copy, string? text)
+    static void WriteText(NpgsqlBinaryImporter copy, ReadOnlyMemory<char>? text)
     {
-        if (text is null)
-            copy.WriteNull();
+        if (text is { } chars)
+            copy.Write(chars, NpgsqlDbType.Varchar);
         else
-            copy.Write(text, NpgsqlDbType.Varchar);
+            copy.WriteNull();
     }
 }

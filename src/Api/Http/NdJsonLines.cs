@@ -2,12 +2,15 @@ using System.Buffers;
 using System.IO.Pipelines;
 using System.Runtime.CompilerServices;
 using System.Text.Json;
+using System.Text.Unicode;
+using AsyncOrmApi.Data;
 
 namespace AsyncOrmApi.Http;
 
 /// <summary>
-/// Reads an <c>application/x-ndjson</c> request body line by line as it arrives: one <see cref="NewA"/> per line,
-/// never more than one line in memory. A bad line ends the body with a 400 that names its line number and field.
+/// Reads an <c>application/x-ndjson</c> request body line by line as it arrives, one A per line
+/// (<see cref="NewA"/>), into batches of <see cref="NewRows"/>: never more than a batch and a line in memory.
+/// A bad line ends the body with a 400 that names its line number and field.
 /// </summary>
 public static class NdJsonLines
 {
@@ -16,80 +19,161 @@ public static class NdJsonLines
     /// <summary>A line is one A and its Bs; anything longer is a mistake (a missing newline) or an attack.</summary>
     public const int MaxLineBytes = 1024 * 1024;
 
+    // What one COPY round sends: a few MB at most, whatever the body's size.
+    const int BatchLines = 10_000;
+    const int BatchBytes = 2 * 1024 * 1024;
+
+    const string Example = """{"data": "x", "bs": [{"data": "y"}, {"data": null}]}""";
+
     public static bool IsNdJson(HttpRequest request) =>
         request.GetTypedHeaders().ContentType?.MediaType.Equals(MediaType, StringComparison.OrdinalIgnoreCase) == true;
 
-    /// <summary>The body's A in line order (blank lines are skipped, but counted in the line numbers of errors).</summary>
-    public static async IAsyncEnumerable<NewA> ReadAsync(PipeReader body, [EnumeratorCancellation] CancellationToken ct)
+    /// <summary>The body's A in line order, in batches (blank lines are skipped, but counted in the line numbers of errors).</summary>
+    public static async IAsyncEnumerable<NewRows> ReadAsync(PipeReader body, [EnumeratorCancellation] CancellationToken ct)
     {
         var number = 0;
+        var rows = new NewRows();
+        var text = new byte[4096];
         while (true)
         {
             var read = await body.ReadAsync(ct);
             var buffer = read.Buffer;
             while (buffer.PositionOf((byte)'\n') is { } end)
             {
-                var line = buffer.Slice(0, end);
+                Parse(buffer.Slice(0, end), ++number, rows, ref text);
                 buffer = buffer.Slice(buffer.GetPosition(1, end));
-                if (Parse(line, ++number) is { } a)
-                    yield return a;
+                if (rows.A >= BatchLines || rows.Bytes >= BatchBytes)
+                {
+                    yield return rows;
+                    rows = new NewRows();
+                }
             }
             if (buffer.Length > MaxLineBytes)
                 throw Bad(number + 1, $"it is longer than {MaxLineBytes / 1024 / 1024} MiB.");
             if (read.IsCompleted)
             {
                 // The last line need not end with a newline.
-                if (Parse(buffer, ++number) is { } a)
-                    yield return a;
+                Parse(buffer, ++number, rows, ref text);
                 break;
             }
             body.AdvanceTo(buffer.Start, buffer.End);
         }
+        if (rows.A > 0)
+            yield return rows;
+        else
+            rows.Dispose();
     }
 
-    static NewA? Parse(ReadOnlySequence<byte> line, int number)
+    /// <summary>Appends the A of one line to <paramref name="rows"/>, strictly: only the fields an A and a B have.</summary>
+    static void Parse(ReadOnlySequence<byte> line, int number, NewRows rows, ref byte[] text)
     {
         if (line.Length > MaxLineBytes)
             throw Bad(number, $"it is longer than {MaxLineBytes / 1024 / 1024} MiB.");
         if (IsBlank(line))
-            return null;
-        NewA? a;
+            return;
+        var json = new Utf8JsonReader(line);
+        // Where the reader is, for errors; a B's path is only spelled out when a line is rejected.
+        var path = "$";
+        var b = -1;
         try
         {
-            var reader = new Utf8JsonReader(line);
-            a = JsonSerializer.Deserialize(ref reader, WireJson.Default.NewA);
+            json.Read();
+            if (json.TokenType == JsonTokenType.Null)
+                throw Bad(number, $"it is null: each line must be a JSON object such as {Example}.");
+            Expect(ref json, JsonTokenType.StartObject, number, path);
+            rows.StartA();
+            bool data = false, bs = false;
+            while (json.Read() && json.TokenType == JsonTokenType.PropertyName)
+            {
+                if (json.ValueTextEquals("data"u8) && !data)
+                {
+                    data = true;
+                    path = "$.data";
+                    json.Read();
+                    if (ReadText(ref json, number, path, ref text) is { } length)
+                        rows.SetData(text.AsSpan(0, length));
+                    else
+                        rows.SetNullData();
+                }
+                else if (json.ValueTextEquals("bs"u8) && !bs)
+                {
+                    bs = true;
+                    path = "$.bs";
+                    json.Read();
+                    if (json.TokenType == JsonTokenType.Null)
+                        continue;
+                    Expect(ref json, JsonTokenType.StartArray, number, path);
+                    for (b = 0; json.Read() && json.TokenType != JsonTokenType.EndArray; b++)
+                    {
+                        if (json.TokenType == JsonTokenType.Null)
+                            throw Bad(number, $"$.bs[{b}] is null: each B is an object such as {{\"data\": \"y\"}}.");
+                        if (json.TokenType != JsonTokenType.StartObject)
+                            Expect(ref json, JsonTokenType.StartObject, number, $"$.bs[{b}]");
+                        int? bText = null;
+                        var bData = false;
+                        while (json.Read() && json.TokenType == JsonTokenType.PropertyName)
+                        {
+                            if (!json.ValueTextEquals("data"u8) || bData)
+                                throw NotAField(number, $"$.bs[{b}].{json.GetString()}");
+                            bData = true;
+                            json.Read();
+                            bText = ReadText(ref json, number, null, ref text, b);
+                        }
+                        if (bText is { } length)
+                            rows.AddB(text.AsSpan(0, length));
+                        else
+                            rows.AddNullB();
+                    }
+                    b = -1;
+                }
+                else
+                    throw NotAField(number, $"$.{json.GetString()}");
+            }
+            rows.EndA();
+            // Anything after the object is a second value on the line: the reader rejects it as invalid JSON.
+            json.Read();
         }
         catch (JsonException e)
         {
-            throw Bad(number, Describe(e));
+            throw Bad(number, $"it is not valid JSON (byte {e.BytePositionInLine + 1}): {e.Message.Split(" LineNumber:")[0]}");
         }
-        if (a is null)
-            throw Bad(number, "it is null: each line must be a JSON object such as {\"data\": \"x\", \"bs\": [{\"data\": null}]}.");
-        if (a.Data?.Contains('\0') == true)
-            throw Bad(number, "$.data contains the NUL character (U+0000): PostgreSQL text cannot store it.");
-        for (var i = 0; i < a.Bs?.Count; i++)
+        catch (InvalidOperationException)
         {
-            if (a.Bs[i] is null)
-                throw Bad(number, $"$.bs[{i}] is null: each B is an object such as {{\"data\": \"y\"}}.");
-            if (a.Bs[i].Data?.Contains('\0') == true)
-                throw Bad(number, $"$.bs[{i}].data contains the NUL character (U+0000): PostgreSQL text cannot store it.");
+            // An escape that is no Unicode text (a lone UTF-16 surrogate): nothing PostgreSQL could store.
+            throw Bad(number, $"the string at {(b >= 0 ? $"$.bs[{b}].data" : path)} is not valid UTF-8 text.");
         }
-        return a;
     }
 
-    // The serializer's words name .NET types; say what the line should hold instead.
-    static string Describe(JsonException e) => e switch
+    /// <summary>A string's UTF-8 bytes into <paramref name="text"/> (their length), or null for a JSON null.</summary>
+    /// <remarks>The path is <paramref name="path"/>, or that of the data of B number <paramref name="b"/>.</remarks>
+    static int? ReadText(ref Utf8JsonReader json, int number, string? path, ref byte[] text, int b = -1)
     {
-        { InnerException: JsonException syntax } =>
-            $"it is not valid JSON (byte {syntax.BytePositionInLine + 1}): {syntax.Message.Split(" LineNumber:")[0]}",
-        // Bytes that are not UTF-8, or a lone UTF-16 surrogate in an escape: no text PostgreSQL could store.
-        { Path: { } path, InnerException: InvalidOperationException } => $"the string at {path} is not valid UTF-8 text.",
-        { Path: { } path } when e.Message.StartsWith("The JSON value could not be converted") =>
-            $"the value at {path} has the wrong type: data is a string or null, bs an array of objects with a data.",
-        { Path: { } path } when e.Message.Contains("could not be mapped to any .NET member") =>
-            $"{path} is not a field of an A or a B: a line holds only data and bs, a B only data (ids come from the tables' sequences).",
-        _ => e.Message,
-    };
+        if (json.TokenType == JsonTokenType.Null)
+            return null;
+        if (json.TokenType != JsonTokenType.String)
+            Expect(ref json, JsonTokenType.String, number, path ?? $"$.bs[{b}].data");
+        var escaped = json.HasValueSequence ? (int)json.ValueSequence.Length : json.ValueSpan.Length;
+        if (text.Length < escaped)
+            text = new byte[Math.Max(escaped, text.Length * 2)];
+        var length = json.CopyString(text);
+        var utf8 = text.AsSpan(0, length);
+        if (!Utf8.IsValid(utf8))
+            throw Bad(number, $"the string at {path ?? $"$.bs[{b}].data"} is not valid UTF-8 text.");
+        if (utf8.Contains((byte)0))
+            throw Bad(number, $"{path ?? $"$.bs[{b}].data"} contains the NUL character (U+0000): PostgreSQL text cannot store it.");
+        return length;
+    }
+
+    static void Expect(ref Utf8JsonReader json, JsonTokenType expected, int number, string path)
+    {
+        if (json.TokenType != expected)
+            throw Bad(number, $"the value at {path} has the wrong type: a line is an object such as {Example}, "
+                + "data a string or null, bs an array of such B objects.");
+    }
+
+    static BadHttpRequestException NotAField(int number, string path) =>
+        Bad(number, $"{path} is not a field of an A or a B (or appears twice): a line holds only data and bs, a B only data "
+            + "(ids come from the tables' sequences).");
 
     static bool IsBlank(ReadOnlySequence<byte> line)
     {

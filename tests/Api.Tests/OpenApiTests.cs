@@ -19,13 +19,13 @@ public sealed class OpenApiTests(ApiFactory api) : ApiTest(api)
 
         string[][] expected =
         [
-            ["/reset", "post", "Admin", "204 401 403 503"],
-            ["/seed", "post", "Admin", "201 400 401 403 503"],
-            ["/a", "get", "A", "200 400 503"],
-            ["/a", "post", "A", "201 400 401 403 413 415 503"],
-            ["/a/first", "get", "A", "200 304 404 503"],
-            ["/a/stream", "get", "A", "200 400 503"],
-            ["/a/first", "patch", "A", "200 400 404 412 413 415 503"],
+            ["/reset", "post", "Admin", "204 401 403 429 503 504"],
+            ["/seed", "post", "Admin", "201 400 401 403 429 503 504"],
+            ["/a", "get", "A", "200 400 429 503 504"],
+            ["/a", "post", "A", "201 400 401 403 413 415 429 503"],
+            ["/a/first", "get", "A", "200 304 404 503 504"],
+            ["/a/stream", "get", "A", "200 400 429 503"],
+            ["/a/first", "patch", "A", "200 400 404 412 413 415 429 503 504"],
         ];
         var paths = doc.GetProperty("paths");
         Assert.Equal(expected.Select(e => e[0]).Distinct().Order(), paths.EnumerateObject().Select(p => p.Name).Order());
@@ -52,6 +52,7 @@ public sealed class OpenApiTests(ApiFactory api) : ApiTest(api)
         Assert.Contains(get.GetProperty("parameters").EnumerateArray(), p => p.GetProperty("name").GetString() == "If-None-Match");
         Assert.True(get.GetProperty("responses").GetProperty("304").GetProperty("headers").TryGetProperty("ETag", out _));
         Assert.True(paths.GetProperty("/a").GetProperty("get").GetProperty("responses").GetProperty("503").GetProperty("headers").TryGetProperty("Retry-After", out _));
+        Assert.True(patch.GetProperty("responses").GetProperty("429").GetProperty("headers").TryGetProperty("Retry-After", out _));
 
         // Paging: the parameters say what they accept, and the 200 says where the next page is.
         var page = paths.GetProperty("/a").GetProperty("get");

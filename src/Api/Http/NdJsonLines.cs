@@ -34,29 +34,42 @@ public static class NdJsonLines
         var number = 0;
         var rows = new NewRows();
         var text = new byte[4096];
-        while (true)
+        ReadResult read = default;
+        var reading = false;
+        try
         {
-            var read = await body.ReadAsync(ct);
-            var buffer = read.Buffer;
-            while (buffer.PositionOf((byte)'\n') is { } end)
+            while (true)
             {
-                Parse(buffer.Slice(0, end), ++number, rows, ref text);
-                buffer = buffer.Slice(buffer.GetPosition(1, end));
-                if (rows.A >= BatchLines || rows.Bytes >= BatchBytes)
+                read = await body.ReadAsync(ct);
+                reading = true;
+                var buffer = read.Buffer;
+                while (buffer.PositionOf((byte)'\n') is { } end)
                 {
-                    yield return rows;
-                    rows = new NewRows();
+                    Parse(buffer.Slice(0, end), ++number, rows, ref text);
+                    buffer = buffer.Slice(buffer.GetPosition(1, end));
+                    if (rows.A >= BatchLines || rows.Bytes >= BatchBytes)
+                    {
+                        yield return rows;
+                        rows = new NewRows();
+                    }
                 }
+                if (buffer.Length > MaxLineBytes)
+                    throw Bad(number + 1, $"it is longer than {MaxLineBytes / 1024 / 1024} MiB.");
+                if (read.IsCompleted)
+                {
+                    // The last line need not end with a newline.
+                    Parse(buffer, ++number, rows, ref text);
+                    break;
+                }
+                body.AdvanceTo(buffer.Start, buffer.End);
+                reading = false;
             }
-            if (buffer.Length > MaxLineBytes)
-                throw Bad(number + 1, $"it is longer than {MaxLineBytes / 1024 / 1024} MiB.");
-            if (read.IsCompleted)
-            {
-                // The last line need not end with a newline.
-                Parse(buffer, ++number, rows, ref text);
-                break;
-            }
-            body.AdvanceTo(buffer.Start, buffer.End);
+        }
+        finally
+        {
+            // After a bad line too, so that Kestrel can still drain the rest of the body.
+            if (reading)
+                body.AdvanceTo(read.Buffer.End);
         }
         if (rows.A > 0)
             yield return rows;

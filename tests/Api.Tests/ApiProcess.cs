@@ -1,0 +1,92 @@
+using System.Diagnostics;
+using System.Net;
+
+namespace AsyncOrmApi.Tests;
+
+/// <summary>
+/// The API as a process of its own, built like the tests (Release under script/test), in Production: for what only
+/// a real process shows, such as what it writes to stdout.
+/// </summary>
+public sealed class ApiProcess : IAsyncDisposable
+{
+    readonly Process _process;
+    readonly List<string> _output = [];
+
+    ApiProcess(Process process, Uri address)
+    {
+        _process = process;
+        Address = address;
+        process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (_output) _output.Add(e.Data); };
+        process.BeginOutputReadLine();
+    }
+
+    public Uri Address { get; }
+
+    public IReadOnlyList<string> Output
+    {
+        get { lock (_output) return [.. _output]; }
+    }
+
+    public static async Task<ApiProcess> StartAsync(string connectionString, params (string Name, string Value)[] environment)
+    {
+        // tests/Api.Tests/bin/<Configuration>/<tfm>/ -> src/Api/bin/<Configuration>/<tfm>/AsyncOrmApi.dll
+        var bin = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar));
+        var root = bin.Parent!.Parent!.Parent!.Parent!.Parent!.FullName;
+        var dll = Path.Combine(root, "src", "Api", "bin", bin.Parent!.Name, bin.Name, "AsyncOrmApi.dll");
+        var address = new Uri($"http://127.0.0.1:{ApiFactory.FreePort()}");
+        var start = new ProcessStartInfo("dotnet", [dll, "--urls", address.ToString()])
+        {
+            RedirectStandardOutput = true,
+            WorkingDirectory = Path.GetDirectoryName(dll)!,
+            Environment =
+            {
+                ["ASPNETCORE_ENVIRONMENT"] = "Production",
+                ["DOTNET_ENVIRONMENT"] = "Production",
+                ["ConnectionStrings__Default"] = connectionString,
+            },
+        };
+        foreach (var (name, value) in environment)
+            start.Environment[name] = value;
+        var api = new ApiProcess(Process.Start(start)!, address);
+
+        using var probe = new HttpClient { BaseAddress = address };
+        for (var i = 0; i < 300; i++)
+        {
+            try
+            {
+                if ((await probe.GetAsync("/health/live")).StatusCode == HttpStatusCode.OK)
+                    return api;
+            }
+            catch (HttpRequestException)
+            {
+            }
+            if (api._process.HasExited)
+                break;
+            await Task.Delay(100);
+        }
+        await api.DisposeAsync();
+        throw new InvalidOperationException($"{dll} did not start: {string.Join('\n', api.Output)}");
+    }
+
+    /// <summary>Stops it as an orchestrator does (SIGTERM), so that it flushes its logs.</summary>
+    public async Task StopAsync()
+    {
+        if (_process.HasExited)
+            return;
+        using (var kill = Process.Start("kill", ["-TERM", _process.Id.ToString()]))
+            await kill.WaitForExitAsync();
+        using var wait = new CancellationTokenSource(TimeSpan.FromSeconds(20));
+        await _process.WaitForExitAsync(wait.Token);
+        _process.WaitForExit(); // drains the redirected output
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (!_process.HasExited)
+        {
+            _process.Kill(entireProcessTree: true);
+            await _process.WaitForExitAsync();
+        }
+        _process.Dispose();
+    }
+}

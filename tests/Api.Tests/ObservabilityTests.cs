@@ -1,0 +1,165 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Http.Json;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Mvc.Testing;
+using Microsoft.Extensions.DependencyInjection;
+using OpenTelemetry.Trace;
+using static AsyncOrmApi.Tests.Assertions;
+
+namespace AsyncOrmApi.Tests;
+
+/// <summary>Traces, metrics and logs an operator can use; rate limits and timeouts that protect the database.</summary>
+public sealed class ObservabilityTests(ApiFactory api) : ApiTest(api)
+{
+    WebApplicationFactory<Program> With(params (string Key, string Value)[] settings) =>
+        Api.WithWebHostBuilder(b =>
+        {
+            foreach (var (key, value) in settings)
+                b.UseSetting(key, value);
+        });
+
+    [Fact]
+    public async Task A_read_is_a_server_span_with_a_child_span_per_sql_command_without_parameter_values()
+    {
+        var spans = new List<Activity>();
+        await using var app = Api.WithWebHostBuilder(b => b.ConfigureServices(s =>
+            s.ConfigureOpenTelemetryTracerProvider(t => t.AddInMemoryExporter(spans))));
+        await Api.SeedAsync();
+        Assert.Equal(HttpStatusCode.OK, (await app.CreateClient().GetAsync("/a?after=987654321&limit=3")).StatusCode);
+
+        var server = await WaitForAsync(() => Snapshot(spans).FirstOrDefault(s =>
+            s.Kind == ActivityKind.Server && s.GetTagItem("http.route") is "/a" or "/a/"));
+        Assert.Equal(200, server.GetTagItem("http.response.status_code"));
+        var commands = Snapshot(spans).Where(s => s.Source.Name == "Npgsql" && s.TraceId == server.TraceId).ToList();
+        var query = Assert.Single(commands, c => c.Kind == ActivityKind.Client && Sql(c).Contains("LIMIT"));
+        Assert.Equal(server.SpanId, query.ParentSpanId);
+        Assert.Contains("FROM a", Sql(query));
+        Assert.DoesNotContain("987654321", Sql(query));
+    }
+
+    [Fact]
+    public async Task Metrics_hold_request_durations_by_route_and_npgsql_metrics()
+    {
+        await Api.SeedAsync();
+        foreach (var path in new[] { "/a", "/a?limit=2", "/a/first", "/a/stream?after=1" })
+            Assert.Equal(HttpStatusCode.OK, (await Client.GetAsync(path)).StatusCode);
+
+        var response = await Client.GetAsync("/metrics");
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal("text/plain", response.Content.Headers.ContentType?.MediaType);
+        var text = await response.Content.ReadAsStringAsync();
+        var durations = text.Split('\n').Where(l => l.StartsWith("http_server_request_duration_seconds")).ToList();
+        Assert.Contains(durations, l => Regex.IsMatch(l, "http_route=\"/a/?\""));
+        Assert.Contains(durations, l => l.Contains("http_route=\"/a/stream\""));
+        Assert.DoesNotContain(durations, l => l.Contains("limit=") || l.Contains("after="));
+        Assert.Matches(new Regex("^db_client_\\w+", RegexOptions.Multiline), text);
+        Assert.DoesNotContain("/metrics", await Client.GetStringAsync("/swagger/v1/swagger.json"));
+    }
+
+    [Fact]
+    public async Task Production_logs_are_json_lines_with_trace_ids_a_line_per_request_and_no_secrets()
+    {
+        await using var process = await ApiProcess.StartAsync(Api.ConnectionString,
+            ("Admin__ApiKey", "secret-value"), ("Logging__LogLevel__Default", "Information"));
+        using var client = new HttpClient { BaseAddress = process.Address };
+        client.DefaultRequestHeaders.Add("X-Api-Key", "secret-value");
+        client.DefaultRequestHeaders.Add("Authorization", "Bearer bearer-secret");
+        Assert.Equal(HttpStatusCode.Created, (await client.PostAsync("/seed", null)).StatusCode);
+        Assert.Equal(HttpStatusCode.OK, (await client.GetAsync("/a/first")).StatusCode);
+        Assert.Equal(HttpStatusCode.OK, (await client.PatchAsJsonAsync("/a/first", new { data = "body-secret" })).StatusCode);
+        await process.StopAsync();
+
+        var lines = process.Output.Where(l => l.Trim().Length > 0).ToList();
+        var logs = lines.Select(l => JsonDocument.Parse(l).RootElement).ToList(); // every line is one JSON object
+        Assert.All(lines, l => Assert.DoesNotContain("secret", l));
+        var requests = logs.Where(l => l.GetProperty("Category").GetString()!.EndsWith("RequestLog")).ToList();
+        Assert.Equal(["GET /health/live 200", "POST /seed 201", "GET /a/first 200", "PATCH /a/first 200"], requests.Select(r =>
+            $"{r.GetProperty("State").GetProperty("Method")} {r.GetProperty("State").GetProperty("Route")} {r.GetProperty("State").GetProperty("Status")}"));
+        var first = Assert.Single(requests, r => r.GetProperty("State").GetProperty("Route").GetString() == "/a/first"
+            && r.GetProperty("State").GetProperty("Method").GetString() == "GET");
+        Assert.Equal(200, first.GetProperty("State").GetProperty("Status").GetInt32());
+        Assert.True(first.GetProperty("State").GetProperty("DurationMs").GetDouble() > 0);
+        Assert.Contains(first.GetProperty("Scopes").EnumerateArray(), s =>
+            s.TryGetProperty("TraceId", out var id) && Regex.IsMatch(id.GetString()!, "^[0-9a-f]{32}$"));
+    }
+
+    [Fact]
+    public async Task Over_the_write_budget_a_write_is_a_429_problem_and_does_not_happen()
+    {
+        await Api.SeedAsync();
+        await using var app = With(("RateLimit:WritesPerMinute", "2"));
+        var client = app.CreateClient();
+        Assert.Equal(HttpStatusCode.OK, (await client.PatchAsJsonAsync("/a/first", new { data = "one" })).StatusCode);
+        Assert.Equal(HttpStatusCode.OK, (await client.PatchAsJsonAsync("/a/first", new { data = "two" })).StatusCode);
+
+        var limited = await client.PatchAsJsonAsync("/a/first", new { data = "three" });
+        var problem = await ProblemAsync(limited, HttpStatusCode.TooManyRequests);
+        Assert.InRange(int.Parse(limited.Headers.GetValues("Retry-After").Single()), 1, 60);
+        Assert.Contains("nothing was done", problem.GetProperty("detail").GetString());
+        Assert.Equal("two", await Api.ScalarAsync<string>("SELECT data FROM a ORDER BY id LIMIT 1"));
+        await ProblemAsync(await client.PostAsync("/seed", null), HttpStatusCode.TooManyRequests);
+        Assert.Equal(3L, await Api.ScalarAsync<long>("SELECT count(*) FROM a"));
+
+        // Reads have no budget unless one is set; probes and metrics never have one.
+        for (var i = 0; i < 5; i++)
+            Assert.Equal(HttpStatusCode.OK, (await client.GetAsync("/a")).StatusCode);
+        foreach (var path in new[] { "/health/live", "/health/ready", "/metrics" })
+            Assert.Equal(HttpStatusCode.OK, (await client.GetAsync(path)).StatusCode);
+    }
+
+    [Fact]
+    public async Task The_read_budget_covers_the_expensive_reads_only()
+    {
+        await Api.SeedAsync();
+        await using var app = With(("RateLimit:ReadsPerMinute", "2"));
+        var client = app.CreateClient();
+        Assert.Equal(HttpStatusCode.OK, (await client.GetAsync("/a")).StatusCode);
+        Assert.Equal(HttpStatusCode.OK, (await client.GetAsync("/a/stream")).StatusCode);
+        await ProblemAsync(await client.GetAsync("/a"), HttpStatusCode.TooManyRequests);
+        await ProblemAsync(await client.GetAsync("/a/stream"), HttpStatusCode.TooManyRequests);
+        for (var i = 0; i < 5; i++)
+            Assert.Equal(HttpStatusCode.OK, (await client.GetAsync("/a/first")).StatusCode);
+    }
+
+    [Fact]
+    public async Task A_request_held_past_its_timeout_is_a_504_and_its_query_is_cancelled()
+    {
+        await Api.SeedAsync();
+        await using var app = With(("Timeouts:RequestSeconds", "1"));
+        var client = app.CreateClient();
+
+        // The test holds the table, so GET /a waits in PostgreSQL for longer than its timeout.
+        await using var holder = new Npgsql.NpgsqlConnection(Api.ConnectionString);
+        await holder.OpenAsync();
+        await using var tx = await holder.BeginTransactionAsync();
+        await new Npgsql.NpgsqlCommand("LOCK TABLE a IN ACCESS EXCLUSIVE MODE", holder, tx).ExecuteNonQueryAsync();
+
+        var problem = await ProblemAsync(await client.GetAsync("/a"), HttpStatusCode.GatewayTimeout);
+        Assert.Contains("cancelled", problem.GetProperty("detail").GetString());
+        await WaitForAsync(async () => await Api.ScalarAsync<long>(
+            $"SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' "
+            + $"AND pid NOT IN (pg_backend_pid(), {holder.ProcessID})") == 0 ? true : (bool?)null);
+        await tx.RollbackAsync();
+    }
+
+    static string Sql(Activity span) => (span.GetTagItem("db.query.text") ?? span.GetTagItem("db.statement")) as string ?? "";
+
+    // The exporter appends from the thread that ends a span; ToArray copies without the enumerator's version check.
+    static Activity[] Snapshot(List<Activity> spans) => spans.ToArray();
+
+    static async Task<T> WaitForAsync<T>(Func<T?> find) => await WaitForAsync(() => Task.FromResult(find()));
+
+    static async Task<T> WaitForAsync<T>(Func<Task<T?>> find)
+    {
+        for (var i = 0; i < 200; i++)
+        {
+            if (await find() is { } found)
+                return found;
+            await Task.Delay(50);
+        }
+        throw new TimeoutException("waited 10 s");
+    }
+}

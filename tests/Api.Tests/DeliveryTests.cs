@@ -110,6 +110,43 @@ public sealed class DeliveryTests
         Assert.Matches(@"^\$\{ADMIN_API_KEY", Scalar(env, AdminKey.Setting.Replace(":", "__")));
     }
 
+    /// <summary>
+    /// Only what a newcomer should see sits at the root: stray files (such as the "0", "32.8" and "33.9" a shell
+    /// comparison once wrote as redirections) fail here, tracked or not, unless .gitignore names them.
+    /// </summary>
+    [Fact]
+    public void The_repository_root_holds_only_what_a_newcomer_should_see()
+    {
+        string[] expected =
+        [
+            ".ci", ".dockerignore", ".editorconfig", ".github", ".gitignore", "AsyncOrmApi.sln", "Directory.Build.props",
+            "Directory.Packages.props", "Dockerfile", "LICENSE", "README.md", "bench", "docker-compose.yml", "script", "src", "tests",
+        ];
+        var git = Process.Start(new ProcessStartInfo("git", ["ls-files", "--cached", "--others", "--exclude-standard"])
+            { WorkingDirectory = Root, RedirectStandardOutput = true })!;
+        var files = git.StandardOutput.ReadToEnd().Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        git.WaitForExit();
+        Assert.Equal(0, git.ExitCode);
+        Assert.Equal(expected, files.Select(f => f.Split('/')[0]).Distinct().Order(StringComparer.Ordinal));
+    }
+
+    [Fact]
+    public void The_observability_profile_adds_a_dashboard_that_the_api_exports_to()
+    {
+        var services = Map(Yaml("docker-compose.yml"), "services");
+        var dashboard = services["dashboard"];
+        Assert.Equal(["observability"], List(dashboard, "profiles").Children.Select(c => c.ToString()));
+        Assert.Matches(@"^mcr\.microsoft\.com/dotnet/aspire-dashboard:\d+\.\d+$", Scalar(dashboard, "image"));
+        Assert.Contains("18888:18888", List(dashboard, "ports").Children.Select(c => c.ToString()));
+        Assert.False(Has(services["api"], "profiles"), "the API runs without the profile too");
+        Assert.False(Has(services["db"], "profiles"), "PostgreSQL runs without the profile too");
+
+        // The OTLP endpoint the API exports to is the dashboard's gRPC receiver (18889), by the service's name.
+        var env = Map(services["api"], "environment");
+        Assert.Matches(@"^\$\{OTEL_EXPORTER_OTLP_ENDPOINT-http://dashboard:18889\}$", Scalar(env, "OTEL_EXPORTER_OTLP_ENDPOINT"));
+        Assert.Equal(Telemetry.DefaultServiceName, Scalar(env, "OTEL_SERVICE_NAME"));
+    }
+
     [Fact]
     public void The_workflow_runs_script_test_and_builds_the_image_with_actions_pinned_to_majors()
     {

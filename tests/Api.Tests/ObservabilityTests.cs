@@ -26,7 +26,7 @@ public sealed class ObservabilityTests(ApiFactory api) : ApiTest(api)
     {
         var spans = new List<Activity>();
         await using var app = Api.WithWebHostBuilder(b => b.ConfigureServices(s =>
-            s.ConfigureOpenTelemetryTracerProvider(t => t.AddInMemoryExporter(spans))));
+            s.ConfigureOpenTelemetryTracerProvider(t => t.SetSampler(new AlwaysOnSampler()).AddInMemoryExporter(spans))));
         await Api.SeedAsync();
         Assert.Equal(HttpStatusCode.OK, (await app.CreateClient().GetAsync("/a?after=987654321&limit=3")).StatusCode);
 

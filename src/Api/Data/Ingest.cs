@@ -12,8 +12,8 @@ namespace AsyncOrmApi.Data;
 public static class Ingest
 {
     /// <summary>
-    /// Adds every A of <paramref name="lines"/> with its Bs and counts them; nothing is added if the lines end in an
-    /// exception (a bad line, a client that hung up). A ids follow line order; all ids come from the tables' own
+    /// Adds every A of <paramref name="batches"/> with its Bs and counts them; nothing is added if the batches end in
+    /// an exception (a bad line, a client that hung up). A ids follow line order; all ids come from the tables' own
     /// sequences, so a later seed or SQLAlchemy insert carries on after them.
     /// </summary>
     public static async Task<(long A, long B)> AddAllAsync(this AppDb db, IAsyncEnumerable<NewRows> batches, CancellationToken ct)
@@ -21,8 +21,9 @@ public static class Ingest
         // A gigabyte body takes minutes, and its statements run while the body is still arriving.
         db.Database.SetCommandTimeout(TimeSpan.FromMinutes(10));
         await using var tx = await db.Database.BeginTransactionAsync(ct);
-        // The body is parsed while the previous batch is being copied: one batch waits, so memory stays at two
-        // batches, and reading and COPY overlap instead of taking turns (script/bench).
+        // The body is parsed while the previous batch is being copied: reading and COPY overlap instead of taking
+        // turns (script/bench: 0.74-0.79 x psql's \copy before, 0.90 x with this and NewRows), and memory stays at
+        // three batches at most: one being copied, one waiting, one being filled.
         var ready = Channel.CreateBounded<NewRows>(new BoundedChannelOptions(1) { SingleReader = true, SingleWriter = true });
         var copying = CopyAllAsync((NpgsqlConnection)db.Database.GetDbConnection(), ready, ct);
         var reading = ReadAllAsync(batches, ready.Writer, ct);

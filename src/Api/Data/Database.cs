@@ -27,6 +27,8 @@ public static class Database
                     // query. The API leaves no session state behind (no SET, LISTEN, temporary tables or session
                     // locks; its advisory lock is per transaction), so there is nothing to reset (script/bench).
                     settings.NoResetOnClose = true;
+                    // Metrics label the pool by its name, which is the connection string unless set.
+                    source.Name = "asyncormapi";
                     // A span per command is what traces need; an event on each for its first response is not.
                     source.ConfigureTracing(tracing => tracing.EnableFirstResponseEvent(false));
                 }))

@@ -64,9 +64,11 @@ public static class Queries
             using var cancel = new NpgsqlCommand("SELECT pg_cancel_backend($1)", other) { Parameters = { new() { Value = streaming.ProcessID } } };
             cancel.ExecuteNonQuery();
         }
-        catch (NpgsqlException)
+        catch (Exception)
         {
-            // Best effort: without it Npgsql still ends the query, only later.
+            // Best effort: without it Npgsql still ends the query, only later. Nothing may escape: this runs as a
+            // cancellation callback, on a request timeout's timer thread too, where an exception ends the process
+            // (as it did when the connection closed between the check above and ProcessID).
         }
     }
 

@@ -167,7 +167,7 @@ public sealed class ApiFactory : WebApplicationFactory<Program>, IAsyncLifetime
             Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
             ActivityStopped = activity =>
             {
-                if ((activity.GetTagItem("db.query.text") ?? activity.GetTagItem("db.statement")) is string text
+                if (SqlOf(activity) is { } text
                     && Equals(activity.GetTagItem("db.namespace") ?? activity.GetTagItem("db.name"), database))
                     sql.Enqueue(text);
             },
@@ -176,6 +176,9 @@ public sealed class ApiFactory : WebApplicationFactory<Program>, IAsyncLifetime
         await action();
         return [.. sql];
     }
+
+    /// <summary>The SQL text of an Npgsql command span (the tag's name changed with the semantic conventions).</summary>
+    public static string? SqlOf(Activity span) => (span.GetTagItem("db.query.text") ?? span.GetTagItem("db.statement")) as string;
 
     public async Task SeedAsync(int count = 1)
     {

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Net;
 using System.Text.Json;
 
@@ -52,4 +53,20 @@ static class Assertions
         return body.Split('\n', StringSplitOptions.RemoveEmptyEntries)
             .Select(line => JsonSerializer.Deserialize<ADto>(line, Json)!).ToList();
     }
+
+    /// <summary>Polls every 50 ms, for up to 10 s, until <paramref name="find"/> gives something; returns it.</summary>
+    public static async Task<T> EventuallyAsync<T>(string what, Func<Task<T?>> find) where T : class
+    {
+        for (var i = 0; i < 200; i++)
+        {
+            if (await find() is { } found)
+                return found;
+            await Task.Delay(50);
+        }
+        Assert.Fail($"waited 10 s for {what}");
+        throw new UnreachableException();
+    }
+
+    public static Task EventuallyAsync(string what, Func<Task<bool>> condition) =>
+        EventuallyAsync(what, async () => await condition() ? what : null);
 }

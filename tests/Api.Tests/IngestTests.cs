@@ -124,9 +124,9 @@ public sealed class IngestTests(ApiFactory api) : ApiTest(api)
                 $"POST /a HTTP/1.1\r\nHost: test\r\nContent-Type: application/x-ndjson\r\nContent-Length: {payload.Length * 2}\r\n\r\n"));
             await stream.WriteAsync(payload);
             // Hang up only once the ingest's transaction is under way on the server.
-            await WaitForAsync("an open transaction", async () => await OpenTransactionsAsync() > 0);
+            await EventuallyAsync("an open transaction", async () => await OpenTransactionsAsync() > 0);
         }
-        await WaitForAsync("no open transaction", async () => await OpenTransactionsAsync() == 0);
+        await EventuallyAsync("no open transaction", async () => await OpenTransactionsAsync() == 0);
         Assert.Equal(before, await Api.SnapshotAsync());
     }
 
@@ -159,15 +159,4 @@ public sealed class IngestTests(ApiFactory api) : ApiTest(api)
 
     Task<long> OpenTransactionsAsync() => Api.ScalarAsync<long>(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND xact_start IS NOT NULL AND pid <> pg_backend_pid()");
-
-    static async Task WaitForAsync(string what, Func<Task<bool>> condition)
-    {
-        for (var i = 0; i < 200; i++)
-        {
-            if (await condition())
-                return;
-            await Task.Delay(50);
-        }
-        Assert.Fail($"waited 10 s for {what}");
-    }
 }

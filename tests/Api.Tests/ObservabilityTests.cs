@@ -30,8 +30,8 @@ public sealed class ObservabilityTests(ApiFactory api) : ApiTest(api)
         await Api.SeedAsync();
         Assert.Equal(HttpStatusCode.OK, (await app.CreateClient().GetAsync("/a?after=987654321&limit=3")).StatusCode);
 
-        var server = await WaitForAsync(() => Snapshot(spans).FirstOrDefault(s =>
-            s.Kind == ActivityKind.Server && s.GetTagItem("http.route") is "/a" or "/a/"));
+        var server = await EventuallyAsync("the server span of GET /a", () => Task.FromResult(Snapshot(spans).FirstOrDefault(s =>
+            s.Kind == ActivityKind.Server && s.GetTagItem("http.route") is "/a" or "/a/")));
         Assert.Equal(200, server.GetTagItem("http.response.status_code"));
         var commands = Snapshot(spans).Where(s => s.Source.Name == "Npgsql" && s.TraceId == server.TraceId).ToList();
         var query = Assert.Single(commands, c => c.Kind == ActivityKind.Client && Sql(c).Contains("LIMIT"));
@@ -142,27 +142,14 @@ public sealed class ObservabilityTests(ApiFactory api) : ApiTest(api)
 
         var problem = await ProblemAsync(await client.GetAsync("/a"), HttpStatusCode.GatewayTimeout);
         Assert.Contains("cancelled", problem.GetProperty("detail").GetString());
-        await WaitForAsync(async () => await Api.ScalarAsync<long>(
+        await EventuallyAsync("no API query left running", async () => await Api.ScalarAsync<long>(
             $"SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' "
-            + $"AND pid NOT IN (pg_backend_pid(), {holder.ProcessID})") == 0 ? true : (bool?)null);
+            + $"AND pid NOT IN (pg_backend_pid(), {holder.ProcessID})") == 0);
         await tx.RollbackAsync();
     }
 
-    static string Sql(Activity span) => (span.GetTagItem("db.query.text") ?? span.GetTagItem("db.statement")) as string ?? "";
+    static string Sql(Activity span) => ApiFactory.SqlOf(span) ?? "";
 
     // The exporter appends from the thread that ends a span; ToArray copies without the enumerator's version check.
     static Activity[] Snapshot(List<Activity> spans) => spans.ToArray();
-
-    static async Task<T> WaitForAsync<T>(Func<T?> find) => await WaitForAsync(() => Task.FromResult(find()));
-
-    static async Task<T> WaitForAsync<T>(Func<Task<T?>> find)
-    {
-        for (var i = 0; i < 200; i++)
-        {
-            if (await find() is { } found)
-                return found;
-            await Task.Delay(50);
-        }
-        throw new TimeoutException("waited 10 s");
-    }
 }

@@ -41,6 +41,10 @@ public static class Problems
         _ => null,
     };
 
+    /// <summary>The request's endpoint, also once the exception handler has cleared it (its feature keeps it).</summary>
+    public static Endpoint? EndpointOf(HttpContext http) =>
+        http.GetEndpoint() ?? http.Features.Get<IExceptionHandlerFeature>()?.Endpoint;
+
     /// <summary>How long a client should wait before retrying while PostgreSQL is away.</summary>
     const int RetryAfterSeconds = 5;
 
@@ -160,8 +164,7 @@ public static class Problems
         // The framework names a parameter it could not bind ("Failed to bind parameter \"int? limit\" from \"abc\".")
         // but not what it accepts: the endpoint's rule for that parameter says it.
         static ParameterRule? RuleFor(HttpContext http, BadHttpRequestException bad) =>
-            // The exception handler has already cleared the request's endpoint; its feature keeps it.
-            http.Features.Get<IExceptionHandlerFeature>()?.Endpoint?.Metadata.GetOrderedMetadata<ParameterRule>()
+            EndpointOf(http)?.Metadata.GetOrderedMetadata<ParameterRule>()
                 .FirstOrDefault(r => bad.Message.Contains($" {r.Name}\" from ", StringComparison.Ordinal));
     }
 }

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using Microsoft.AspNetCore.Diagnostics;
 using Npgsql;
 using OpenTelemetry;
 using OpenTelemetry.Metrics;
@@ -103,9 +102,7 @@ public static partial class Telemetry
             }
             finally
             {
-                // The exception handler clears the endpoint of a request that failed; its feature keeps it.
-                var endpoint = http.GetEndpoint() ?? http.Features.Get<IExceptionHandlerFeature>()?.Endpoint;
-                var route = (endpoint as RouteEndpoint)?.RoutePattern.RawText ?? "(no route)";
+                var route = (Problems.EndpointOf(http) as RouteEndpoint)?.RoutePattern.RawText ?? "(no route)";
                 Answered(log, http.Request.Method, route, http.Response.StatusCode, Stopwatch.GetElapsedTime(start).TotalMilliseconds);
             }
         }

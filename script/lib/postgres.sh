@@ -63,7 +63,15 @@ CONF
 }
 
 pg_ctl_start() {
-  pg_as_owner "$(pg_bindir)/pg_ctl" -D "$PGDATA_DIR" -l "$PGDATA_DIR/server.log" -w -t 60 start >/dev/null
+  # Our fixed ports lie in Linux's ephemeral range, so a client connection elsewhere may hold one as its own
+  # source port for a while (seen here: TIME-WAIT on 127.0.0.1:54330 after connections to another cluster).
+  # PostgreSQL then cannot bind it: wait until the port is free again instead of failing.
+  local tries=0
+  until pg_as_owner "$(pg_bindir)/pg_ctl" -D "$PGDATA_DIR" -l "$PGDATA_DIR/server.log" -w -t 60 start >/dev/null; do
+    tries=$((tries + 1))
+    [ "$tries" -lt 45 ] && tail -n 5 "$PGDATA_DIR/server.log" | grep -q "Address already in use" || return 1
+    sleep 2
+  done
 }
 
 pg_down() {

@@ -49,9 +49,14 @@ listen_addresses = '127.0.0.1'
 unix_socket_directories = ''
 max_connections = 200
 logging_collector = off
+# GET /a/changes reads the WAL through logical replication.
+wal_level = logical
 CONF
   if pg_as_owner "$bin/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1; then
-    :  # already running (a previous command of ours left it up)
+    # Already running (a previous command of ours left it up); one from before the change feed restarts for wal_level.
+    if [ "$("$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -XAtqc 'show wal_level' 2>/dev/null)" != logical ]; then
+      pg_as_owner "$bin/pg_ctl" -D "$PGDATA_DIR" -m fast -w stop >/dev/null && { pg_ctl_start || return 1; }
+    fi
   elif "$bin/pg_isready" -q -h 127.0.0.1 -p "$port"; then
     echo "Port $port is taken by another PostgreSQL (another checkout's?): stop it first." >&2
     return 1

@@ -39,7 +39,9 @@ public sealed class ApiFactory : WebApplicationFactory<Program>, IAsyncLifetime
         if (TestcontainersSettings.OS.DockerEndpointAuthConfig is not null)
         {
             // A fixed host port, so the server keeps its address across the outage tests' stop and start.
-            _container = new PostgreSqlBuilder(Image).WithPortBinding(FreePort(), 5432).Build();
+            _container = new PostgreSqlBuilder(Image).WithPortBinding(FreePort(), 5432)
+                .WithCommand("-c", "wal_level=logical")       // GET /a/changes reads the WAL through logical replication
+                .Build();
             await _container.StartAsync();
             ServerConnectionString = _container.GetConnectionString();
         }

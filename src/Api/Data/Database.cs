@@ -34,6 +34,9 @@ public static class Database
                 }))
             .EnableSensitiveDataLogging(logSql));
 
+        // One logical replication reader per process, shared by every GET /a/changes.
+        builder.Services.AddSingleton<ChangeFeed>();
+
         builder.Logging.AddFilter(DbLoggerCategory.Database.Command.Name, logSql ? LogLevel.Information : LogLevel.Warning);
         return builder;
     }

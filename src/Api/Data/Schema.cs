@@ -20,8 +20,12 @@ public static class Schema
     }
 
     /// <summary>Drops the model's two tables (only those, dependent first) and creates them again, in one transaction.</summary>
+    /// <remarks>
+    /// The logical message tells the change feed at this commit (not at the next insert) that its subscribers must refetch.
+    /// </remarks>
     public static Task ResetTablesAsync(this AppDb db, CancellationToken ct = default) =>
-        RunLockedAsync(db, "DROP TABLE IF EXISTS b;\nDROP TABLE IF EXISTS a;\n" + db.Database.GenerateCreateScript(), ct);
+        RunLockedAsync(db, "DROP TABLE IF EXISTS b;\nDROP TABLE IF EXISTS a;\n" + db.Database.GenerateCreateScript()
+            + $"\nSELECT pg_logical_emit_message(true, '{ChangeFeed.ResetMessage}', '');", ct);
 
     static async Task RunLockedAsync(AppDb db, string sql, CancellationToken ct)
     {

@@ -108,6 +108,14 @@ public static class Problems
         TypedResults.Problem(statusCode: StatusCodes.Status400BadRequest, title: "Bad request",
             detail: "The body holds no A: send one JSON object per line, such as {\"data\": \"x\", \"bs\": [{\"data\": null}]}.");
 
+    public static ProblemHttpResult MustRefetch() =>
+        TypedResults.Problem(statusCode: StatusCodes.Status409Conflict, title: "must-refetch",
+            detail: "must-refetch: the changes after this id are no longer known here (older than the feed keeps, from another "
+                + "database or timeline, or from before the API restarted). Read GET /a again, then GET /a/changes without an id.");
+
+    public static ProblemHttpResult ChangeFeedUnavailable(string why) =>
+        TypedResults.Problem(statusCode: StatusCodes.Status503ServiceUnavailable, title: "Change feed unavailable", detail: why);
+
     public static ValidationProblem Invalid(string field, string message) =>
         TypedResults.ValidationProblem(new Dictionary<string, string[]> { [field] = [message] },
             detail: message);

@@ -25,6 +25,7 @@ public sealed class OpenApiTests(ApiFactory api) : ApiTest(api)
             ["/a", "post", "A", "201 400 401 403 413 415 429 503"],
             ["/a/first", "get", "A", "200 304 404 503 504"],
             ["/a/stream", "get", "A", "200 400 429 503"],
+            ["/a/changes", "get", "A", "200 400 409 429 503"],
             ["/a/first", "patch", "A", "200 400 404 412 413 415 429 503 504"],
         ];
         var paths = doc.GetProperty("paths");
@@ -65,6 +66,15 @@ public sealed class OpenApiTests(ApiFactory api) : ApiTest(api)
         var stream = paths.GetProperty("/a/stream").GetProperty("get").GetProperty("responses").GetProperty("200").GetProperty("content");
         Assert.True(stream.TryGetProperty("application/x-ndjson", out _));
         Assert.True(stream.TryGetProperty("application/json", out _));
+
+        // The change feed: an event stream, resumable by header or query, 409 when it cannot resume.
+        var changes = paths.GetProperty("/a/changes").GetProperty("get");
+        Assert.True(changes.GetProperty("responses").GetProperty("200").GetProperty("content").TryGetProperty("text/event-stream", out _));
+        foreach (var (name, where) in new[] { ("Last-Event-ID", "header"), ("after", "query") })
+            Assert.Contains(changes.GetProperty("parameters").EnumerateArray(), p => p.GetProperty("name").GetString() == name
+                && p.GetProperty("in").GetString() == where && p.GetProperty("description").GetString()!.StartsWith(name + " must be"));
+        foreach (var word in new[] { "a.insert", "b.delete", "reset", "Last-Event-ID", "409" })
+            Assert.Contains(word, changes.GetProperty("description").GetString());
     }
 
     /// <summary>What Redocly's recommended rules and Spectral's spectral:oas ask, which the README's lint commands check in full.</summary>

@@ -64,13 +64,13 @@ public sealed class ChangeFeed(IConfiguration config, ILogger<ChangeFeed> log, I
     public async IAsyncEnumerable<SseItem<byte[]>> EventsAsync(ChangeLog changes, ChangeLog.Subscriber subscriber,
         [EnumeratorCancellation] CancellationToken ct)
     {
-        using var stopping = CancellationTokenSource.CreateLinkedTokenSource(ct, life.ApplicationStopping);
         try
         {
             // No data: EventSource dispatches nothing, but headers and the reconnection delay go out now.
             yield return new SseItem<byte[]>([], null) { ReconnectionInterval = TimeSpan.FromSeconds(2) };
             var batch = new Change[256];
-            while (true)
+            var sent = true;
+            while (!ct.IsCancellationRequested)
             {
                 var n = changes.Read(subscriber, batch, out var appended);
                 if (n < 0)
@@ -78,14 +78,19 @@ public sealed class ChangeFeed(IConfiguration config, ILogger<ChangeFeed> log, I
                 for (var i = 0; i < n; i++)
                     yield return batch[i].Item;
                 if (n > 0)
+                {
+                    sent = true;
                     continue;
-                var woke = await Task.WhenAny(appended, Task.Delay(Heartbeat, stopping.Token));
-                if (stopping.IsCancellationRequested)
-                    yield break;
-                if (woke != appended)
-                    // TypedResults.ServerSentEvents writes no comments; an event without data is what EventSource
-                    // ignores likewise (the SSE spec dispatches no event with an empty data buffer).
+                }
+                if (!sent)
+                    // A heartbeat tick with nothing sent since the last one. TypedResults.ServerSentEvents writes no
+                    // comments; an event without data is what EventSource ignores likewise (the SSE spec dispatches
+                    // no event with an empty data buffer).
                     yield return new SseItem<byte[]>([], null);
+                sent = false;
+                // One wake-up for all subscribers per append or heartbeat tick: no timer per wait (a Task.Delay per
+                // wait left 50,000 timers a second alive at 1,000 changes/s and 50 subscribers; script/bench).
+                await appended;
             }
         }
         finally
@@ -132,6 +137,8 @@ public sealed class ChangeFeed(IConfiguration config, ILogger<ChangeFeed> log, I
 
             using var idle = new PeriodicTimer(TimeSpan.FromSeconds(5));
             _ = StopWhenIdleAsync(connection, changes, idle, stopper);
+            using var heartbeat = new PeriodicTimer(Heartbeat);
+            _ = TickAsync(changes, heartbeat, stop);
             var decoder = new ChangeDecoder(changes, tables, _window);
             var options = new PgOutputReplicationOptions(_publication, PgOutputProtocolVersion.V1, binary: true, messages: true);
             await foreach (var message in connection.StartReplication(slot, options, stop))
@@ -153,6 +160,19 @@ public sealed class ChangeFeed(IConfiguration config, ILogger<ChangeFeed> log, I
         {
             started.TrySetCanceled(stop);
             changes?.End();
+        }
+    }
+
+    /// <summary>Wakes every subscriber each heartbeat interval; those that sent nothing since the last tick send a heartbeat.</summary>
+    static async Task TickAsync(ChangeLog changes, PeriodicTimer timer, CancellationToken stop)
+    {
+        try
+        {
+            while (await timer.WaitForNextTickAsync(stop))
+                changes.Wake();
+        }
+        catch (OperationCanceledException)
+        {
         }
     }
 

@@ -93,6 +93,18 @@ public sealed class ChangeLog(uint source, ulong startLsn, int window, int maxLa
         lagging?.ForEach(s => s.Cut());
     }
 
+    /// <summary>Wakes every waiting subscriber without a change (a heartbeat tick).</summary>
+    public void Wake()
+    {
+        TaskCompletionSource appended;
+        lock (_gate)
+        {
+            appended = _appended;
+            _appended = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        }
+        appended.SetResult();
+    }
+
     /// <summary>No more changes will come (the slot is gone): every subscriber is cut.</summary>
     public void End()
     {

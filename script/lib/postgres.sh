@@ -24,10 +24,10 @@ pg_as_owner() {
   if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-# pg_up NAME PORT: starts (creating if needed) the cluster NAME on PORT and sets PGDATA_DIR and
-# PG_CONNECTION (an Npgsql connection string for database NAME's default, 'postgres').
+# pg_up NAME PORT [WAL_LEVEL]: starts (creating if needed) the cluster NAME on PORT and sets PGDATA_DIR and
+# PG_PORT. WAL_LEVEL is logical unless told otherwise (GET /a/changes needs it; the tests check a replica one too).
 pg_up() {
-  local name=$1 port=$2 bin root
+  local name=$1 port=$2 wal_level=${3:-logical} bin root
   pg_install || return 1
   bin=$(pg_bindir)
   root=$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)
@@ -50,11 +50,11 @@ unix_socket_directories = ''
 max_connections = 200
 logging_collector = off
 # GET /a/changes reads the WAL through logical replication.
-wal_level = logical
+wal_level = $wal_level
 CONF
   if pg_as_owner "$bin/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1; then
     # Already running (a previous command of ours left it up); one from before the change feed restarts for wal_level.
-    if [ "$("$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -XAtqc 'show wal_level' 2>/dev/null)" != logical ]; then
+    if [ "$("$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -XAtqc 'show wal_level' 2>/dev/null)" != "$wal_level" ]; then
       pg_as_owner "$bin/pg_ctl" -D "$PGDATA_DIR" -m fast -w stop >/dev/null && { pg_ctl_start || return 1; }
     fi
   elif "$bin/pg_isready" -q -h 127.0.0.1 -p "$port"; then

@@ -5,6 +5,7 @@ using System.Text;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Mvc.Testing;
 using Npgsql;
+using Testcontainers.PostgreSql;
 using static AsyncOrmApi.Tests.Assertions;
 
 namespace AsyncOrmApi.Tests;
@@ -224,6 +225,41 @@ public sealed class ChangeFeedTests(ApiFactory api) : ApiTest(api)
         await using var feed = await Sse.OpenAsync(app.CreateClient());
         var opening = feed.Empty;
         await EventuallyAsync("two heartbeats", () => Task.FromResult(feed.Empty >= opening + 2));
+    }
+
+    [Fact]
+    public async Task Without_wal_level_logical_the_feed_answers_503_and_everything_else_works()
+    {
+        // script/test's second cluster; with Docker, a container of the same image without the setting.
+        await using var container = Api.InContainer ? new PostgreSqlBuilder(ApiFactory.Image).Build() : null;
+        if (container is not null)
+            await container.StartAsync();
+        var server = container?.GetConnectionString() ?? Environment.GetEnvironmentVariable("TEST_POSTGRES_REPLICA")
+            ?? throw new InvalidOperationException("TEST_POSTGRES_REPLICA is not set: run the tests with script/test.");
+        var database = new NpgsqlConnectionStringBuilder(server) { Database = "asyncormapi_replica_" + Guid.NewGuid().ToString("N")[..8] };
+        await using (var admin = new NpgsqlConnection(server))
+        {
+            await admin.OpenAsync();
+            Assert.Equal("replica", await new NpgsqlCommand("SHOW wal_level", admin).ExecuteScalarAsync());
+            await new NpgsqlCommand($"CREATE DATABASE {database.Database}", admin).ExecuteNonQueryAsync();
+        }
+        try
+        {
+            await using var app = With(("ConnectionStrings:Default", database.ConnectionString));
+            var client = app.CreateClient();
+            var problem = await ProblemAsync(await client.GetAsync("/a/changes"), HttpStatusCode.ServiceUnavailable);
+            Assert.Contains("wal_level=logical", problem.GetProperty("detail").GetString());
+            Assert.Equal(HttpStatusCode.NoContent, (await client.PostAsync("/reset", null)).StatusCode);
+            Assert.Equal(HttpStatusCode.Created, (await client.PostAsync("/seed", null)).StatusCode);
+            Assert.Equal(3, (await client.GetFromJsonAsync<List<ADto>>("/a"))!.Count);
+        }
+        finally
+        {
+            NpgsqlConnection.ClearAllPools();
+            await using var admin = new NpgsqlConnection(server);
+            await admin.OpenAsync();
+            await new NpgsqlCommand($"DROP DATABASE IF EXISTS {database.Database} WITH (FORCE)", admin).ExecuteNonQueryAsync();
+        }
     }
 
     [Fact]

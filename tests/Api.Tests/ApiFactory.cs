@@ -61,6 +61,17 @@ public sealed class ApiFactory : WebApplicationFactory<Program>, IAsyncLifetime
         ClientOptions.BaseAddress = AddressOf(this);
     }
 
+    /// <summary>
+    /// This API with some settings changed. It serves in memory (TestServer) unless UseKestrel is called on it
+    /// before its first client.
+    /// </summary>
+    public WebApplicationFactory<Program> With(params (string Key, string Value)[] settings) =>
+        WithWebHostBuilder(b =>
+        {
+            foreach (var (key, value) in settings)
+                b.UseSetting(key, value);
+        });
+
     /// <summary>Where a factory started with UseKestrel listens.</summary>
     public static Uri AddressOf(WebApplicationFactory<Program> factory) =>
         new(factory.Services.GetRequiredService<IServer>().Features.GetRequiredFeature<IServerAddressesFeature>().Addresses.First());

@@ -13,13 +13,6 @@ namespace AsyncOrmApi.Tests;
 /// <summary>GET /a/changes: committed changes by any writer, from PostgreSQL's logical replication, resumable by id.</summary>
 public sealed class ChangeFeedTests(ApiFactory api) : ApiTest(api)
 {
-    WebApplicationFactory<Program> With(params (string Key, string Value)[] settings) =>
-        Api.WithWebHostBuilder(b =>
-        {
-            foreach (var (key, value) in settings)
-                b.UseSetting(key, value);
-        });
-
     static IEnumerable<(string, string?)> Brief(IEnumerable<SseEvent> events) => events.Select(e => (e.Type, e.RowData));
 
     [Fact]
@@ -167,7 +160,7 @@ public sealed class ChangeFeedTests(ApiFactory api) : ApiTest(api)
     [Fact]
     public async Task A_transaction_larger_than_the_window_is_one_reset()
     {
-        await using var app = With(("ChangeFeed:Window", "100"));
+        await using var app = Api.With(("ChangeFeed:Window", "100"));
         await using var feed = await Sse.OpenAsync(app.CreateClient());
         await Api.ExecuteAsync("INSERT INTO a (data) SELECT 'bulk ' || n FROM generate_series(1, 500) n");
         await Api.ExecuteAsync("INSERT INTO a (data) VALUES ('small')");
@@ -180,7 +173,7 @@ public sealed class ChangeFeedTests(ApiFactory api) : ApiTest(api)
     public async Task A_slow_subscriber_is_cut_and_resumes_while_the_others_get_everything()
     {
         // On a real socket: an in-memory test server has no socket buffers to fill.
-        await using var app = With(("ChangeFeed:MaxLag", "1000"));
+        await using var app = Api.With(("ChangeFeed:MaxLag", "1000"));
         app.UseKestrel(0);
         app.StartServer();
         using var client = new HttpClient { BaseAddress = ApiFactory.AddressOf(app) };
@@ -221,7 +214,7 @@ public sealed class ChangeFeedTests(ApiFactory api) : ApiTest(api)
     [Fact]
     public async Task A_heartbeat_comes_while_nothing_changes()
     {
-        await using var app = With(("ChangeFeed:HeartbeatSeconds", "1"));
+        await using var app = Api.With(("ChangeFeed:HeartbeatSeconds", "1"));
         await using var feed = await Sse.OpenAsync(app.CreateClient());
         var opening = feed.Empty;
         await EventuallyAsync("two heartbeats", () => Task.FromResult(feed.Empty >= opening + 2));
@@ -245,7 +238,7 @@ public sealed class ChangeFeedTests(ApiFactory api) : ApiTest(api)
         }
         try
         {
-            await using var app = With(("ConnectionStrings:Default", database.ConnectionString));
+            await using var app = Api.With(("ConnectionStrings:Default", database.ConnectionString));
             var client = app.CreateClient();
             var problem = await ProblemAsync(await client.GetAsync("/a/changes"), HttpStatusCode.ServiceUnavailable);
             Assert.Contains("wal_level=logical", problem.GetProperty("detail").GetString());
@@ -268,7 +261,7 @@ public sealed class ChangeFeedTests(ApiFactory api) : ApiTest(api)
         var database = new NpgsqlConnectionStringBuilder(Api.ConnectionString).Database;
         var slots = $"SELECT count(*) FROM pg_replication_slots WHERE database = '{database}' AND slot_type = 'logical'";
         var before = await Api.ScalarAsync<long>(slots);
-        var app = With(("ChangeFeed:IdleSeconds", "600"));
+        var app = Api.With(("ChangeFeed:IdleSeconds", "600"));
         await using (var feed = await Sse.OpenAsync(app.CreateClient()))
             Assert.Equal(before + 1, await Api.ScalarAsync<long>(slots + " AND temporary AND active"));
         await app.DisposeAsync();

@@ -14,13 +14,6 @@ namespace AsyncOrmApi.Tests;
 /// <summary>Traces, metrics and logs an operator can use; rate limits and timeouts that protect the database.</summary>
 public sealed class ObservabilityTests(ApiFactory api) : ApiTest(api)
 {
-    WebApplicationFactory<Program> With(params (string Key, string Value)[] settings) =>
-        Api.WithWebHostBuilder(b =>
-        {
-            foreach (var (key, value) in settings)
-                b.UseSetting(key, value);
-        });
-
     [Fact]
     public async Task A_read_is_a_server_span_with_a_child_span_per_sql_command_without_parameter_values()
     {
@@ -93,7 +86,7 @@ public sealed class ObservabilityTests(ApiFactory api) : ApiTest(api)
     public async Task Over_the_write_budget_a_write_is_a_429_problem_and_does_not_happen()
     {
         await Api.SeedAsync();
-        await using var app = With(("RateLimit:WritesPerMinute", "2"));
+        await using var app = Api.With(("RateLimit:WritesPerMinute", "2"));
         var client = app.CreateClient();
         Assert.Equal(HttpStatusCode.OK, (await client.PatchAsJsonAsync("/a/first", new { data = "one" })).StatusCode);
         Assert.Equal(HttpStatusCode.OK, (await client.PatchAsJsonAsync("/a/first", new { data = "two" })).StatusCode);
@@ -117,7 +110,7 @@ public sealed class ObservabilityTests(ApiFactory api) : ApiTest(api)
     public async Task The_read_budget_covers_the_expensive_reads_only()
     {
         await Api.SeedAsync();
-        await using var app = With(("RateLimit:ReadsPerMinute", "2"));
+        await using var app = Api.With(("RateLimit:ReadsPerMinute", "2"));
         var client = app.CreateClient();
         Assert.Equal(HttpStatusCode.OK, (await client.GetAsync("/a")).StatusCode);
         Assert.Equal(HttpStatusCode.OK, (await client.GetAsync("/a/stream")).StatusCode);
@@ -131,7 +124,7 @@ public sealed class ObservabilityTests(ApiFactory api) : ApiTest(api)
     public async Task A_request_held_past_its_timeout_is_a_504_and_its_query_is_cancelled()
     {
         await Api.SeedAsync();
-        await using var app = With(("Timeouts:RequestSeconds", "1"));
+        await using var app = Api.With(("Timeouts:RequestSeconds", "1"));
         var client = app.CreateClient();
 
         // The test holds the table, so GET /a waits in PostgreSQL for longer than its timeout.

@@ -34,6 +34,7 @@ public sealed class ChangeFeed(IConfiguration config, ILogger<ChangeFeed> log, I
     readonly Lock _gate = new();
     Task<ChangeLog>? _current;                           // the running reader's log, once its slot exists
     CancellationTokenSource? _stop;                      // stops the running reader
+    Task _reading = Task.CompletedTask;                  // the running reader, until its connection (and slot) is gone
     long _lastUse = Environment.TickCount64;
 
     /// <summary>
@@ -110,7 +111,7 @@ public sealed class ChangeFeed(IConfiguration config, ILogger<ChangeFeed> log, I
                 _stop = CancellationTokenSource.CreateLinkedTokenSource(life.ApplicationStopping);
                 var started = new TaskCompletionSource<ChangeLog>(TaskCreationOptions.RunContinuationsAsynchronously);
                 _current = started.Task;
-                _ = ReadAsync(started, _stop);
+                _reading = ReadAsync(started, _stop);
             }
             current = _current;
             Interlocked.Exchange(ref _lastUse, Environment.TickCount64);
@@ -240,16 +241,16 @@ public sealed class ChangeFeed(IConfiguration config, ILogger<ChangeFeed> log, I
     static uint SourceOf(ReplicationSystemIdentification system) => BinaryPrimitives.ReadUInt32BigEndian(
         SHA256.HashData(Encoding.UTF8.GetBytes($"{system.SystemId}/{system.Timeline}/{system.DbName}")));
 
+    /// <summary>On shutdown: stops the reader and waits until its connection is closed, which drops the slot.</summary>
     public async ValueTask DisposeAsync()
     {
-        Task<ChangeLog>? current;
+        Task reading;
         lock (_gate)
         {
             _stop?.Cancel();
-            current = _current;
+            reading = _reading;
         }
-        if (current is not null)
-            await current.ContinueWith(_ => { }, TaskScheduler.Default);
+        await reading;                                     // ReadAsync catches everything itself
     }
 }
 
@@ -286,16 +287,16 @@ sealed class ChangeDecoder(ChangeLog changes, Dictionary<string, uint> tables, i
                 tables[table] = relation.RelationId;
                 break;
             case InsertMessage insert when Table(insert.Relation) is { } table:
-                await AddAsync(table + ".insert", table, insert.NewRow, ct);
+                await AddAsync(table + ".insert", insert.NewRow, ct);
                 break;
             case UpdateMessage update when Table(update.Relation) is { } table:
-                await AddAsync(table + ".update", table, update.NewRow, ct);
+                await AddAsync(table + ".update", update.NewRow, ct);
                 break;
             case KeyDeleteMessage delete when Table(delete.Relation) is { } table:
-                await AddAsync(table + ".delete", table, delete.Key, ct);
+                await AddAsync(table + ".delete", delete.Key, ct);
                 break;
             case FullDeleteMessage delete when Table(delete.Relation) is { } table:
-                await AddAsync(table + ".delete", table, delete.OldRow, ct);
+                await AddAsync(table + ".delete", delete.OldRow, ct);
                 break;
             case TruncateMessage truncate when truncate.Relations.Any(r => Table(r) is not null):
                 Reset("truncated");
@@ -332,7 +333,7 @@ sealed class ChangeDecoder(ChangeLog changes, Dictionary<string, uint> tables, i
     }
 
     /// <summary>The row as the API shows it: <c>{"id","data"}</c> for A, <c>{"id","aId","data"}</c> for B.</summary>
-    async ValueTask AddAsync(string type, string table, ReplicationTuple row, CancellationToken ct)
+    async ValueTask AddAsync(string type, ReplicationTuple row, CancellationToken ct)
     {
         if (_tooLarge || _pending.Count >= window)
         {

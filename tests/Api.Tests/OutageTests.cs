@@ -11,6 +11,39 @@ namespace AsyncOrmApi.Tests;
 public sealed class OutageTests(ApiFactory api) : ApiTest(api)
 {
     [Fact]
+    public async Task A_change_feed_cut_by_an_outage_ends_and_its_resume_answers_409_never_a_silent_gap()
+    {
+        string last;
+        await using (var feed = await Sse.OpenAsync(Client))
+        {
+            await Api.ExecuteAsync("INSERT INTO a (data) VALUES ('before')");
+            last = (await feed.TakeAsync(1))[0].Id!;
+            await Api.StopDatabaseAsync();
+            try
+            {
+                Assert.Empty(await feed.UntilEndAsync());      // the slot went with the server: the stream ends
+                var problem = await ProblemAsync(await Client.GetAsync("/a/changes"), HttpStatusCode.ServiceUnavailable);
+                Assert.Equal(TimeSpan.FromSeconds(5), (await Client.GetAsync("/a/changes")).Headers.RetryAfter?.Delta);
+                Assert.DoesNotContain("Exception", problem.GetProperty("detail").GetString());
+            }
+            finally
+            {
+                await Api.StartDatabaseAsync();
+            }
+        }
+        // Back by itself (the first requests may meet pooled connections the restart cut, which clears them).
+        await EventuallyAsync("the API ready again", async () => (await Client.GetAsync("/health/ready")).StatusCode == HttpStatusCode.OK);
+        // Written while no slot existed: a resume from before cannot know it, so it must not pretend to.
+        await Api.ExecuteAsync("INSERT INTO a (data) VALUES ('while no slot')");
+        var resumed = await Client.SendAsync(new HttpRequestMessage(HttpMethod.Get, "/a/changes") { Headers = { { "Last-Event-ID", last } } });
+        Assert.StartsWith("must-refetch", (await ProblemAsync(resumed, HttpStatusCode.Conflict)).GetProperty("detail").GetString());
+
+        await using var fresh = await Sse.OpenAsync(Client);
+        await Api.ExecuteAsync("INSERT INTO a (data) VALUES ('after')");
+        Assert.Equal("after", (await fresh.TakeAsync(1))[0].RowData);
+    }
+
+    [Fact]
     public async Task While_the_database_is_down_requests_get_503_and_afterwards_everything_is_back()
     {
         await Api.SeedAsync();

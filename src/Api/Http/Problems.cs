@@ -62,10 +62,18 @@ public static class Problems
     public static bool IsDatabaseOutage(Exception exception)
     {
         for (var e = exception; e is not null; e = e.InnerException)
-            if (e is PostgresException { SqlState: "57P01" or "57P02" or "57P03" } or NpgsqlException { IsTransient: true })
+            if (e is PostgresException { SqlState: "57P01" or "57P02" or "57P03" } or NpgsqlException { IsTransient: true }
+                || IsNoSuitableHost(e))
                 return true;
         return false;
     }
+
+    /// <summary>
+    /// With several hosts in the connection string, none answered as the one wanted: no primary while a standby is
+    /// being promoted, say. Npgsql has no type for it, only this message (NpgsqlMultiHostDataSource).
+    /// </summary>
+    static bool IsNoSuitableHost(Exception e) =>
+        e is NpgsqlException and not PostgresException && e.Message.StartsWith("No suitable host", StringComparison.Ordinal);
 
     public static ProblemHttpResult TooManyRequests(HttpResponse response, TimeSpan wait)
     {

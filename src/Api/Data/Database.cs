@@ -1,4 +1,5 @@
 using Microsoft.EntityFrameworkCore;
+using Npgsql;
 
 namespace AsyncOrmApi.Data;
 
@@ -14,31 +15,45 @@ public static class Database
         var logSql = builder.Configuration.GetValue<bool>("Database:LogSql");
         builder.Services.AddDbContextPool<AppDb>((services, options) => options
             .UseNpgsql(ConnectionString(services.GetRequiredService<IConfiguration>()), npgsql => npgsql
-                .ConfigureDataSource(source =>
-                {
-                    // The same few statements run on every request: let Npgsql prepare them once per
-                    // connection instead of having PostgreSQL parse and plan them each time (unless the
-                    // connection string says otherwise).
-                    var settings = source.ConnectionStringBuilder;
-                    if (settings.MaxAutoPrepare == 0)
-                        settings.MaxAutoPrepare = 20;
-                    // A pooled connection is reset before its next use (RESET ALL, DISCARD TEMP, unlock all ...):
-                    // the costliest statement of a GET /a in the server's log, 0.2-0.5 ms against 0.05 for the
-                    // query. The API leaves no session state behind (no SET, LISTEN, temporary tables or session
-                    // locks; its advisory lock is per transaction), so there is nothing to reset (script/bench).
-                    settings.NoResetOnClose = true;
-                    // Metrics label the pool by its name, which is the connection string unless set.
-                    source.Name = "asyncormapi";
-                    // A span per command is what traces need; an event on each for its first response is not.
-                    source.ConfigureTracing(tracing => tracing.EnableFirstResponseEvent(false));
-                }))
+                .ConfigureDataSource(source => Tune(source, "asyncormapi")))
             .EnableSensitiveDataLogging(logSql));
 
         // One logical replication reader per process, shared by every GET /a/changes.
         builder.Services.AddSingleton<ChangeFeed>();
+        // Reads on a standby when the connection string names several hosts.
+        builder.Services.AddSingleton<Replicas>();
 
         builder.Logging.AddFilter(DbLoggerCategory.Database.Command.Name, logSql ? LogLevel.Information : LogLevel.Warning);
         return builder;
+    }
+
+    /// <summary>The connection settings of every data source of the API; <paramref name="name"/> labels its metrics.</summary>
+    public static void Tune(NpgsqlDataSourceBuilder source, string name)
+    {
+        // The same few statements run on every request: let Npgsql prepare them once per
+        // connection instead of having PostgreSQL parse and plan them each time (unless the
+        // connection string says otherwise).
+        var settings = source.ConnectionStringBuilder;
+        if (settings.MaxAutoPrepare == 0)
+            settings.MaxAutoPrepare = 20;
+        // A pooled connection is reset before its next use (RESET ALL, DISCARD TEMP, unlock all ...):
+        // the costliest statement of a GET /a in the server's log, 0.2-0.5 ms against 0.05 for the
+        // query. The API leaves no session state behind (no SET, LISTEN, temporary tables or session
+        // locks; its advisory lock is per transaction), so there is nothing to reset (script/bench).
+        settings.NoResetOnClose = true;
+        if (settings.Host?.Contains(',') == true)
+        {
+            // Several hosts (a formation): writes go to whichever is the primary now, unless the string says else.
+            settings.TargetSessionAttributes ??= "primary";
+            // Npgsql remembers each host's role for this long: after a failover the promoted standby would be
+            // taken for a standby for up to the default 10 s more, and writes refused meanwhile.
+            if (settings.HostRecheckSeconds == 10)
+                settings.HostRecheckSeconds = 1;
+        }
+        // Metrics label the pool by its name, which is the connection string unless set.
+        source.Name = name;
+        // A span per command is what traces need; an event on each for its first response is not.
+        source.ConfigureTracing(tracing => tracing.EnableFirstResponseEvent(false));
     }
 
     /// <summary>

@@ -33,14 +33,16 @@ public static class AEndpoints
             .WithDescription($"Keyset pages: at most `limit` A (default {Paging.DefaultLimit:N0}, at most {Paging.MaxLimit:N0}) with id "
                 + "greater than `after`, each with all its Bs. When more follow, the `Link` header holds the next page's URL "
                 + "(`rel=\"next\"`): follow it rather than building one. The last page has no `next`.")
-            .WithMetadata(Paging.Limit, Paging.After)
+            .WithMetadata(Paging.Limit, Paging.After, Consistency.Token)
             .ProducesValidationProblem()
             .ReadLimited()
             .Timed();
         a.MapGet("/first", GetFirst).WithName("GetFirstA")
             .WithSummary("The first A (lowest id) with its Bs")
             .WithDescription("Answers with a strong `ETag` (the row's version); `If-None-Match` with it gives 304.")
+            .WithMetadata(Consistency.Token)
             .Produces(StatusCodes.Status304NotModified)
+            .ProducesValidationProblem()
             .ProducesProblem(StatusCodes.Status404NotFound)
             .Timed();
         a.MapGet("/stream", Stream).WithName("StreamA")
@@ -48,7 +50,7 @@ public static class AEndpoints
             .WithDescription("Rows are sent as PostgreSQL returns them, in constant memory. "
                 + "Send `Accept: application/x-ndjson` for one A per line instead of a JSON array. "
                 + "A client whose stream was cut resumes with `after` = the id of the last whole A it received.")
-            .WithMetadata(Paging.After)
+            .WithMetadata(Paging.After, Consistency.Token)
             .ProducesValidationProblem()
             .ReadLimited()
             // A stream runs as long as the table is long; it stops when its client leaves.
@@ -104,29 +106,38 @@ public static class AEndpoints
         return routes;
     }
 
-    static async Task<Results<Ok<List<ADto>>, ValidationProblem>> GetPage(int? limit, int? after, AppDb db, HttpContext http, CancellationToken ct)
+    static async Task<Results<Ok<List<ADto>>, ValidationProblem>> GetPage(int? limit, int? after,
+        [FromHeader(Name = Consistency.Header)] string? consistencyToken, AppDb db, Replicas replicas, HttpContext http, CancellationToken ct)
     {
         if (Paging.Check(limit) is { } invalid)
             return invalid;
+        if (!Consistency.TryRead(consistencyToken, out var token))
+            return Consistency.Malformed(consistencyToken!);
         var take = limit ?? Paging.DefaultLimit;
-        var page = new List<ADto>();
-        // One A more than the page tells whether another page follows; its Bs are the only rows read in vain.
-        await foreach (var a in Queries.PageA(db, Paging.Start(after), take + 1, ct))
+        var page = await replicas.ReadAsync(db, token, async db =>
         {
-            if (page.Count == take)
-            {
-                Paging.SetNext(http, page[^1].Id, take);
-                break;
-            }
-            page.Add(a);
+            var page = new List<ADto>();
+            // One A more than the page tells whether another page follows; its Bs are the only rows read in vain.
+            await foreach (var a in Queries.PageA(db, Paging.Start(after), take + 1, ct))
+                page.Add(a);
+            return page;
+        }, ct);
+        if (page.Count > take)
+        {
+            page.RemoveAt(take);
+            Paging.SetNext(http, page[^1].Id, take);
         }
         return TypedResults.Ok(page);
     }
 
-    static async Task<Results<Ok<ADto>, StatusCodeHttpResult, ProblemHttpResult>> GetFirst(
-        [FromHeader(Name = "If-None-Match")] string? ifNoneMatch, AppDb db, HttpResponse response, CancellationToken ct)
+    static async Task<Results<Ok<ADto>, StatusCodeHttpResult, ValidationProblem, ProblemHttpResult>> GetFirst(
+        [FromHeader(Name = "If-None-Match")] string? ifNoneMatch, [FromHeader(Name = Consistency.Header)] string? consistencyToken,
+        AppDb db, Replicas replicas, HttpResponse response, CancellationToken ct)
     {
-        if (await Queries.FirstA(db, ct) is not { } first)
+        if (!Consistency.TryRead(consistencyToken, out var token))
+            return Consistency.Malformed(consistencyToken!);
+        // xmin is the same on a standby as on the primary for the same row version: ETags hold on either.
+        if (await replicas.ReadAsync(db, token, db => Queries.FirstA(db, ct), ct) is not { } first)
             return Problems.NoA();
         ETags.Set(response, first.Version);
         return ETags.NoneMatchHits(ifNoneMatch, first.Version)
@@ -134,7 +145,15 @@ public static class AEndpoints
             : TypedResults.Ok(first.A);
     }
 
-    static AStreamResult Stream(int? after, AppDb db) => new(Queries.AllA(db, Paging.Start(after)));
+    static async Task<Results<AStreamResult, ValidationProblem>> Stream(int? after,
+        [FromHeader(Name = Consistency.Header)] string? consistencyToken, AppDb db, Replicas replicas, HttpResponse response, CancellationToken ct)
+    {
+        if (!Consistency.TryRead(consistencyToken, out var token))
+            return Consistency.Malformed(consistencyToken!);
+        // The standby connection stays lent until the stream has been written.
+        response.RegisterForDisposeAsync(await replicas.ReadFromStandbyAsync(db, token, ct));
+        return new AStreamResult(Queries.AllA(db, Paging.Start(after)));
+    }
 
     static async Task<Results<ServerSentEventsResult<byte[]>, ValidationProblem, ProblemHttpResult>> Changes(
         [FromHeader(Name = "Last-Event-ID")] string? lastEventId, string? after, ChangeFeed feed, HttpContext http, CancellationToken ct)
@@ -179,16 +198,18 @@ public static class AEndpoints
         if (updated == 0)
             return Problems.VersionChanged();
         await tx.CommitAsync(ct);
+        await Consistency.SetAsync(db, response, ct);
         return TypedResults.Ok(first.A);
     }
 
-    static async Task<Results<Created<RowCounts>, ProblemHttpResult>> Ingest(HttpRequest request, AppDb db, CancellationToken ct)
+    static async Task<Results<Created<RowCounts>, ProblemHttpResult>> Ingest(HttpRequest request, AppDb db, HttpResponse response, CancellationToken ct)
     {
         if (!NdJsonLines.IsNdJson(request))
             return Problems.NotNdJson();
         var (a, b) = await db.AddAllAsync(NdJsonLines.ReadAsync(request.BodyReader, ct), ct);
         if (a == 0)
             return Problems.EmptyBody();
+        await Consistency.SetAsync(db, response, ct);
         return TypedResults.Created("/a", new RowCounts(a, b));
     }
 }

@@ -34,18 +34,20 @@ public static class AdminEndpoints
         return routes;
     }
 
-    static async Task<NoContent> Reset(AppDb db, CancellationToken ct)
+    static async Task<NoContent> Reset(AppDb db, HttpResponse response, CancellationToken ct)
     {
         await db.ResetTablesAsync(ct);
+        await Consistency.SetAsync(db, response, ct);
         return TypedResults.NoContent();
     }
 
-    static async Task<Results<Created<RowCounts>, ValidationProblem>> Seed(AppDb db, CancellationToken ct, int count = 1)
+    static async Task<Results<Created<RowCounts>, ValidationProblem>> Seed(AppDb db, HttpResponse response, CancellationToken ct, int count = 1)
     {
         if (count is < 1 or > MaxCopies)
             return Problems.Invalid(Count.Name, $"{Count.Rule} It was {count}.");
 
         var (a, b) = await db.AddCopiesAsync(count, ct);
+        await Consistency.SetAsync(db, response, ct);
         return TypedResults.Created("/a", new RowCounts(a, b));
     }
 }

@@ -71,7 +71,8 @@ public static class ApiDocs
     }
 
     /// <summary>
-    /// Documents the headers the handlers set: ETag beside the conditional requests, Link on a page, Retry-After on 429 and 503.
+    /// Documents the headers the handlers set: ETag beside the conditional requests, Link on a page, Retry-After on 429 and 503,
+    /// Consistency-Token on every write's success.
     /// </summary>
     sealed class ResponseHeaders : IOperationFilter
     {
@@ -89,6 +90,10 @@ public static class ApiDocs
                 if (paged && code == "200")
                     (r.Headers ??= new Dictionary<string, IOpenApiHeader>())["Link"] = Header(
                         "When more A follow: `</a?after=ID&limit=N>; rel=\"next\"` (RFC 8288), the next page's URL. Absent on the last page.");
+                if (context.ApiDescription.HttpMethod != "GET" && code.StartsWith('2'))
+                    (r.Headers ??= new Dictionary<string, IOpenApiHeader>())[Consistency.Header] = Header(
+                        "The WAL position of this write's commit. Send it back in the request header of the same name to read this "
+                        + "write even from a standby that lags.");
                 if (code is "429" or "503")
                     (r.Headers ??= new Dictionary<string, IOpenApiHeader>())["Retry-After"] = Header(
                         "Seconds to wait before trying again.");

@@ -1,0 +1,121 @@
+using Microsoft.EntityFrameworkCore;
+using Npgsql;
+using NpgsqlTypes;
+
+namespace AsyncOrmApi.Data;
+
+/// <summary>
+/// Reads on a standby when the connection string names several hosts (a pg_auto_failover formation, say): a second
+/// data source on the same hosts that prefers a standby, lent to a request's <see cref="AppDb"/> for its reads. A read
+/// that carries a consistency token (a write's WAL position) is answered by the standby only once it has replayed that
+/// far, within <see cref="CatchUpWait"/>; else by the primary. With one host there is nothing to choose.
+/// </summary>
+public sealed class Replicas : IAsyncDisposable
+{
+    /// <summary>How long a read with a token waits for the standby to catch up before it goes to the primary.</summary>
+    public static readonly TimeSpan CatchUpWait = TimeSpan.FromMilliseconds(200);
+
+    readonly NpgsqlDataSource? _reads;
+
+    public Replicas(IConfiguration config)
+    {
+        var settings = new NpgsqlConnectionStringBuilder(config.GetConnectionString("Default"));
+        if (settings.Host?.Contains(',') != true)
+            return;
+        settings.TargetSessionAttributes = "prefer-standby";
+        var builder = new NpgsqlDataSourceBuilder(settings.ConnectionString);
+        Database.Tune(builder, "asyncormapi-reads");
+        _reads = builder.Build();
+    }
+
+    public bool Replicated => _reads is not null;
+
+    /// <summary>
+    /// Points <paramref name="db"/> at a standby for this request's reads when one is healthy and, given a token, has
+    /// replayed it; disposing the result points it back at the primary. Without a standby it changes nothing.
+    /// </summary>
+    public async Task<IAsyncDisposable> ReadFromStandbyAsync(AppDb db, NpgsqlLogSequenceNumber? token, CancellationToken ct)
+    {
+        if (_reads is null)
+            return NoStandby;
+        NpgsqlConnection? connection = null;
+        try
+        {
+            connection = await _reads.OpenConnectionAsync(ct);
+            if (token is { } wanted && !await HasReplayedAsync(connection, wanted, ct))
+            {
+                await connection.DisposeAsync();
+                return NoStandby;
+            }
+            db.Database.SetDbConnection(connection, contextOwnsConnection: true);
+            return new Lent(db);
+        }
+        catch (NpgsqlException) when (!ct.IsCancellationRequested)
+        {
+            // No host answers as a reader: the primary's own path will answer, or say 503.
+            if (connection is not null)
+                await connection.DisposeAsync();
+            return NoStandby;
+        }
+    }
+
+    /// <summary>
+    /// Whether this server shows the write at <paramref name="token"/>: a primary always does (it has every write,
+    /// and a token from before a failover is behind the new primary's WAL too); a standby once it has replayed that
+    /// far. Bounded: the token never makes a read wait longer than <see cref="CatchUpWait"/>.
+    /// </summary>
+    static async Task<bool> HasReplayedAsync(NpgsqlConnection connection, NpgsqlLogSequenceNumber token, CancellationToken ct)
+    {
+        await using var check = new NpgsqlCommand(
+            "SELECT NOT pg_is_in_recovery() OR coalesce(pg_last_wal_replay_lsn() >= $1, false)", connection)
+        {
+            Parameters = { new() { Value = token, NpgsqlDbType = NpgsqlDbType.PgLsn } },
+        };
+        var deadline = DateTime.UtcNow + CatchUpWait;
+        while (true)
+        {
+            if ((bool)(await check.ExecuteScalarAsync(ct))!)
+                return true;
+            if (DateTime.UtcNow >= deadline)
+                return false;
+            await Task.Delay(20, ct);
+        }
+    }
+
+    /// <summary>
+    /// Runs a buffered read on a standby, and once more on the primary if replay cancelled it there ("conflict with
+    /// recovery": the standby removed rows the query still needed).
+    /// </summary>
+    public async Task<T> ReadAsync<T>(AppDb db, NpgsqlLogSequenceNumber? token, Func<AppDb, Task<T>> read, CancellationToken ct)
+    {
+        await using (var lent = await ReadFromStandbyAsync(db, token, ct))
+        {
+            try
+            {
+                return await read(db);
+            }
+            catch (PostgresException e) when (lent != NoStandby && IsRecoveryConflict(e))
+            {
+            }
+        }
+        return await read(db);
+    }
+
+    static bool IsRecoveryConflict(PostgresException e) =>
+        e.SqlState is PostgresErrorCodes.SerializationFailure or PostgresErrorCodes.DeadlockDetected
+        && e.MessageText.Contains("conflict with recovery", StringComparison.Ordinal);
+
+    static readonly IAsyncDisposable NoStandby = new Lent(null);
+
+    sealed class Lent(AppDb? db) : IAsyncDisposable
+    {
+        public ValueTask DisposeAsync()
+        {
+            // Back to the data source of the pool (the primary); the standby connection is closed with it.
+            db?.Database.SetDbConnection(null);
+            return ValueTask.CompletedTask;
+        }
+    }
+
+    public ValueTask DisposeAsync() => _reads?.DisposeAsync() ?? ValueTask.CompletedTask;
+}

@@ -6,7 +6,7 @@ namespace AsyncOrmApi.Data;
 
 /// <summary>
 /// Reads on a standby when the connection string names several hosts (a pg_auto_failover formation, say): a second
-/// data source on the same hosts that prefers a standby, lent to a request's <see cref="AppDb"/> for its reads. A read
+/// data source on the same hosts that connects to standbys only, lent to a request's <see cref="AppDb"/> for its reads. A read
 /// that carries a consistency token (a write's WAL position) is answered by the standby only once it has replayed that
 /// far, within <see cref="CatchUpWait"/>; else by the primary. With one host there is nothing to choose.
 /// </summary>
@@ -22,7 +22,9 @@ public sealed class Replicas : IAsyncDisposable
         var settings = new NpgsqlConnectionStringBuilder(config.GetConnectionString("Default"));
         if (settings.Host?.Contains(',') != true)
             return;
-        settings.TargetSessionAttributes = "prefer-standby";
+        // Standbys only: prefer-standby kept handing out pooled connections to the primary (9 of 60 reads on the
+        // standby right after start). With no standby up, opening fails fast and the read goes to the primary.
+        settings.TargetSessionAttributes = "standby";
         var builder = new NpgsqlDataSourceBuilder(settings.ConnectionString);
         Database.Tune(builder, "asyncormapi-reads");
         _reads = builder.Build();

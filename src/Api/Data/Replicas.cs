@@ -25,6 +25,11 @@ public sealed class Replicas : IAsyncDisposable
         // Standbys only: prefer-standby kept handing out pooled connections to the primary (9 of 60 reads on the
         // standby right after start). With no standby up, opening fails fast and the read goes to the primary.
         settings.TargetSessionAttributes = "standby";
+        // A pooled connection to a standby that died (or was promoted) is found out within a second by a keepalive, not
+        // by the next read; and the standby's own statistics of these reads are published then (PostgreSQL 15 flushes
+        // a busy backend's counters only once it goes idle for a moment).
+        if (settings.KeepAlive == 0)
+            settings.KeepAlive = 1;
         var builder = new NpgsqlDataSourceBuilder(settings.ConnectionString);
         Database.Tune(builder, "asyncormapi-reads");
         _reads = builder.Build();

@@ -43,8 +43,10 @@ public static class Database
         settings.NoResetOnClose = true;
         if (settings.Host?.Contains(',') == true)
         {
-            // Several hosts (a formation): writes go to whichever is the primary now, unless the string says else.
-            settings.TargetSessionAttributes ??= "primary";
+            // Several hosts (a formation): writes go to whichever is the writable primary now, unless the string says
+            // else. "primary" is not enough: a just-promoted pg_auto_failover node is out of recovery but still has
+            // default_transaction_read_only on for a few seconds, and writes there failed with 25006 (ha-failover).
+            settings.TargetSessionAttributes ??= "read-write";
             // Npgsql remembers each host's role for this long: after a failover the promoted standby would be
             // taken for a standby for up to the default 10 s more, and writes refused meanwhile.
             if (settings.HostRecheckSeconds == 10)

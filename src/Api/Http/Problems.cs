@@ -56,13 +56,14 @@ public static class Problems
     }
 
     /// <summary>
-    /// An outage, as opposed to a bug: Npgsql could not reach the server or lost it (transient), or the
-    /// server is shutting down or starting up (SQLSTATE 57P01-57P03).
+    /// An outage, as opposed to a bug: Npgsql could not reach the server or lost it (transient), the
+    /// server is shutting down or starting up (SQLSTATE 57P01-57P03), or a write met a server that is read-only
+    /// for now (25006: a formation between primaries).
     /// </summary>
     public static bool IsDatabaseOutage(Exception exception)
     {
         for (var e = exception; e is not null; e = e.InnerException)
-            if (e is PostgresException { SqlState: "57P01" or "57P02" or "57P03" } or NpgsqlException { IsTransient: true }
+            if (e is PostgresException { SqlState: "57P01" or "57P02" or "57P03" or "25006" } or NpgsqlException { IsTransient: true }
                 || IsNoSuitableHost(e))
                 return true;
         return false;

@@ -54,19 +54,19 @@ static class Assertions
             .Select(line => JsonSerializer.Deserialize<ADto>(line, Json)!).ToList();
     }
 
-    /// <summary>Polls every 50 ms, for up to 10 s, until <paramref name="find"/> gives something; returns it.</summary>
-    public static async Task<T> EventuallyAsync<T>(string what, Func<Task<T?>> find) where T : class
+    /// <summary>Polls every 50 ms, for up to <paramref name="seconds"/>, until <paramref name="find"/> gives something; returns it.</summary>
+    public static async Task<T> EventuallyAsync<T>(string what, Func<Task<T?>> find, int seconds = 10) where T : class
     {
-        for (var i = 0; i < 200; i++)
+        for (var i = 0; i < seconds * 20; i++)
         {
             if (await find() is { } found)
                 return found;
             await Task.Delay(50);
         }
-        Assert.Fail($"waited 10 s for {what}");
+        Assert.Fail($"waited {seconds} s for {what}");
         throw new UnreachableException();
     }
 
-    public static Task EventuallyAsync(string what, Func<Task<bool>> condition) =>
-        EventuallyAsync(what, async () => await condition() ? what : null);
+    public static Task EventuallyAsync(string what, Func<Task<bool>> condition, int seconds = 10) =>
+        EventuallyAsync(what, async () => await condition() ? what : null, seconds);
 }

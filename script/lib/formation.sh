@@ -95,6 +95,9 @@ formation_up() {
       --hostname 127.0.0.1 --auth trust --no-ssl --dbname "$db" --name "n$i" \
       --monitor "postgres://autoctl_node@127.0.0.1:$base/pg_auto_failover?sslmode=disable" \
       >>"$FORMATION_DIR/create.log" 2>&1 || { tail -n 5 "$FORMATION_DIR/create.log" >&2; return 1; }
+    # GET /a/changes reads the primary's WAL through logical replication (pg_autoctl sets replica).
+    grep -q "^wal_level" "$FORMATION_DIR/n$i/postgresql.auto.conf" 2>/dev/null ||
+      echo "wal_level = 'logical'" | pg_as_owner tee -a "$FORMATION_DIR/n$i/postgresql.auto.conf" >/dev/null
     _formation_keeper "n$i"
     _formation_wait "$i" || return 1
   done

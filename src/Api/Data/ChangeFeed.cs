@@ -36,6 +36,7 @@ public sealed class ChangeFeed(IConfiguration config, ILogger<ChangeFeed> log, I
     CancellationTokenSource? _stop;                      // stops the running reader
     Task _reading = Task.CompletedTask;                  // the running reader, until its connection (and slot) is gone
     long _lastUse = Environment.TickCount64;
+    string _primary = "";                                // the connection string of the server the reader reads
 
     /// <summary>
     /// Subscribes after <paramref name="after"/> (null: at the live head), starting the reader if none runs. Null when
@@ -126,7 +127,8 @@ public sealed class ChangeFeed(IConfiguration config, ILogger<ChangeFeed> log, I
         ChangeLog? changes = null;
         try
         {
-            await using var connection = new LogicalReplicationConnection(_connectionString);
+            _primary = await PrimaryAsync(stop);
+            await using var connection = new LogicalReplicationConnection(_primary);
             await connection.Open(stop);
             var system = await connection.IdentifySystem(stop);
             var tables = await PrepareAsync(stop);
@@ -201,12 +203,30 @@ public sealed class ChangeFeed(IConfiguration config, ILogger<ChangeFeed> log, I
     }
 
     /// <summary>
+    /// The connection string of the primary: replication connections take one host, and a formation's connection
+    /// string names several. After a failover the next reader finds the new primary (and its ids a new source).
+    /// </summary>
+    async Task<string> PrimaryAsync(CancellationToken ct)
+    {
+        var settings = new NpgsqlConnectionStringBuilder(_connectionString);
+        if (settings.Host?.Contains(',') != true)
+            return _connectionString;
+        settings.TargetSessionAttributes = "read-write";
+        await using var hosts = NpgsqlDataSource.Create(settings);
+        await using var primary = await hosts.OpenConnectionAsync(ct);
+        settings.Host = primary.Host;
+        settings.Port = primary.Port;
+        settings.TargetSessionAttributes = null;
+        return settings.ConnectionString;
+    }
+
+    /// <summary>
     /// Checks wal_level, creates the publication if it is missing (for the schema: a and b are dropped and created
     /// again by resets, and a publication FOR TABLE a, b would lose them) and reads the tables' current OIDs.
     /// </summary>
     async Task<Dictionary<string, uint>> PrepareAsync(CancellationToken ct)
     {
-        await using var connection = new NpgsqlConnection(_connectionString);
+        await using var connection = new NpgsqlConnection(_primary);
         await connection.OpenAsync(ct);
         await using var command = connection.CreateCommand();
         command.CommandText = "SHOW wal_level";
@@ -231,7 +251,7 @@ public sealed class ChangeFeed(IConfiguration config, ILogger<ChangeFeed> log, I
     /// <summary>Whether the server's WAL has reached <paramref name="id"/>: ids from beyond it are none of this database's.</summary>
     async Task<bool> IsPastAsync(ChangeId id, CancellationToken ct)
     {
-        await using var connection = new NpgsqlConnection(_connectionString);
+        await using var connection = new NpgsqlConnection(_primary);
         await connection.OpenAsync(ct);
         await using var command = new NpgsqlCommand("SELECT pg_current_wal_lsn()::text", connection);
         var current = NpgsqlTypes.NpgsqlLogSequenceNumber.Parse((string)(await command.ExecuteScalarAsync(ct))!);

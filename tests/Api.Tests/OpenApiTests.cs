@@ -67,6 +67,15 @@ public sealed class OpenApiTests(ApiFactory api) : ApiTest(api)
         Assert.True(stream.TryGetProperty("application/x-ndjson", out _));
         Assert.True(stream.TryGetProperty("application/json", out _));
 
+        // Read-your-writes: every read takes Consistency-Token, every write's success answers with it.
+        foreach (var path in new[] { "/a", "/a/first", "/a/stream" })
+            Assert.Contains(paths.GetProperty(path).GetProperty("get").GetProperty("parameters").EnumerateArray(), p =>
+                p.GetProperty("name").GetString() == "Consistency-Token" && p.GetProperty("in").GetString() == "header"
+                && p.GetProperty("description").GetString()!.StartsWith("Consistency-Token must be"));
+        foreach (var (path, method, code) in new[] { ("/a/first", "patch", "200"), ("/a", "post", "201"), ("/seed", "post", "201"), ("/reset", "post", "204") })
+            Assert.True(paths.GetProperty(path).GetProperty(method).GetProperty("responses").GetProperty(code).GetProperty("headers")
+                .TryGetProperty("Consistency-Token", out _), $"{method} {path} {code} documents Consistency-Token");
+
         // The change feed: an event stream, resumable by header or query, 409 when it cannot resume.
         var changes = paths.GetProperty("/a/changes").GetProperty("get");
         Assert.True(changes.GetProperty("responses").GetProperty("200").GetProperty("content").TryGetProperty("text/event-stream", out _));

@@ -24,7 +24,7 @@ public sealed class ChangeFeed(IConfiguration config, ILogger<ChangeFeed> log, I
     /// <summary>Prefix of the logical message POST /reset writes in its transaction, so the feed says `reset` at once.</summary>
     public const string ResetMessage = "asyncormapi.reset";
 
-    readonly string _connectionString = config.GetConnectionString("Default") ?? "";
+    readonly string _connectionString = Database.ConnectionString(config);
     readonly string _publication = config.GetValue("ChangeFeed:Publication", "asyncormapi_changes")!;
     readonly int _window = config.GetValue("ChangeFeed:Window", 10_000);
     readonly int _maxLag = config.GetValue("ChangeFeed:MaxLag", 5_000);
@@ -56,7 +56,7 @@ public sealed class ChangeFeed(IConfiguration config, ILogger<ChangeFeed> log, I
         }
     }
 
-    public void Unsubscribe(ChangeLog changes, ChangeLog.Subscriber subscriber)
+    void Unsubscribe(ChangeLog changes, ChangeLog.Subscriber subscriber)
     {
         changes.Unsubscribe(subscriber);
         Interlocked.Exchange(ref _lastUse, Environment.TickCount64);
@@ -209,7 +209,7 @@ public sealed class ChangeFeed(IConfiguration config, ILogger<ChangeFeed> log, I
     async Task<string> PrimaryAsync(CancellationToken ct)
     {
         var settings = new NpgsqlConnectionStringBuilder(_connectionString);
-        if (settings.Host?.Contains(',') != true)
+        if (!Database.IsReplicated(settings))
             return _connectionString;
         settings.TargetSessionAttributes = "read-write";
         await using var hosts = NpgsqlDataSource.Create(settings);

@@ -41,7 +41,7 @@ public static class Database
         // query. The API leaves no session state behind (no SET, LISTEN, temporary tables or session
         // locks; its advisory lock is per transaction), so there is nothing to reset (script/bench).
         settings.NoResetOnClose = true;
-        if (settings.Host?.Contains(',') == true)
+        if (IsReplicated(settings))
         {
             // Several hosts (a formation): writes go to whichever is the writable primary now, unless the string says
             // else. "primary" is not enough: a just-promoted pg_auto_failover node is out of recovery but still has
@@ -58,6 +58,9 @@ public static class Database
         source.ConfigureTracing(tracing => tracing.EnableFirstResponseEvent(false));
     }
 
+    /// <summary>Whether the connection string names several hosts (a formation: a primary and its standbys).</summary>
+    public static bool IsReplicated(NpgsqlConnectionStringBuilder settings) => settings.Host?.Contains(',') == true;
+
     /// <summary>
     /// At start-up, like the seed's create_all: a brand-new database answers with empty tables. Then one
     /// small read, so that EF Core's query pipeline is compiled and JIT-ed before the server listens, not
@@ -71,7 +74,8 @@ public static class Database
         await Queries.FirstA(db, app.Lifetime.ApplicationStopping);
     }
 
-    static string ConnectionString(IConfiguration config) =>
+    /// <summary><c>ConnectionStrings:Default</c>, or an error that says how to set it.</summary>
+    public static string ConnectionString(IConfiguration config) =>
         config.GetConnectionString("Default") is { Length: > 0 } cs
             ? cs
             : throw new InvalidOperationException(

@@ -19,8 +19,8 @@ public sealed class Replicas : IAsyncDisposable
 
     public Replicas(IConfiguration config)
     {
-        var settings = new NpgsqlConnectionStringBuilder(config.GetConnectionString("Default"));
-        if (settings.Host?.Contains(',') != true)
+        var settings = new NpgsqlConnectionStringBuilder(Database.ConnectionString(config));
+        if (!Database.IsReplicated(settings))
             return;
         // Standbys only: prefer-standby kept handing out pooled connections to the primary (9 of 60 reads on the
         // standby right after start). With no standby up, opening fails fast and the read goes to the primary.

@@ -9,7 +9,7 @@ var builder = WebApplication.CreateBuilder(args);
 builder.AddDatabase();
 
 // HTTP: one JSON setup, one error shape.
-builder.Services.ConfigureHttpJsonOptions(o => o.SerializerOptions.TypeInfoResolverChain.Insert(0, WireJson.Default));
+builder.Services.ConfigureHttpJsonOptions(o => WireJson.Configure(o.SerializerOptions));
 builder.Services.AddProblems();
 
 // OpenAPI document and Swagger UI, in every environment.

@@ -5,12 +5,21 @@ using Microsoft.AspNetCore.Mvc;
 namespace AsyncOrmApi;
 
 /// <summary>An A as the API sends it: <c>{"id","data","bs"}</c>.</summary>
-public sealed record ADto(int Id, string? Data, List<BDto> Bs);
+public sealed record ADto(int Id, string? Data, List<BDto> Bs)
+{
+    /// <summary>
+    /// True when <c>bs</c> holds only the first of this A's Bs: a page holds at most <see cref="Data.Queries.MaxRows"/>
+    /// rows. GET /a/stream?after={id - 1} has the A whole. Absent otherwise.
+    /// </summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public bool? BsHasMore { get; init; }
+}
 
 /// <summary>A B as the API sends it: <c>{"id","aId","data"}</c>.</summary>
 public sealed record BDto(int Id, int? AId, string? Data);
 
-/// <summary>Body of <c>PATCH /a/first</c>: the new value of the first A's <c>data</c>.</summary>
+/// <summary>Body of <c>PATCH /a/first</c>: the new value of the first A's <c>data</c>, and nothing else.</summary>
+[JsonUnmappedMemberHandling(JsonUnmappedMemberHandling.Disallow)]
 public sealed record PatchA(string? Data);
 
 /// <summary>How many rows <c>POST /seed</c> or <c>POST /a</c> added.</summary>
@@ -42,4 +51,12 @@ public sealed record HealthStatus(string Status);
 [JsonSerializable(typeof(HealthStatus))]
 [JsonSerializable(typeof(ProblemDetails))]
 [JsonSerializable(typeof(HttpValidationProblemDetails))]
-public sealed partial class WireJson : JsonSerializerContext;
+public sealed partial class WireJson : JsonSerializerContext
+{
+    /// <summary>The API's JSON options: these types first, and bodies read strictly (no field twice, none unknown, as POST /a).</summary>
+    public static void Configure(JsonSerializerOptions options)
+    {
+        options.TypeInfoResolverChain.Insert(0, Default);
+        options.AllowDuplicateProperties = false;
+    }
+}

@@ -1,4 +1,7 @@
+using System.Data.Common;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.EntityFrameworkCore.Diagnostics;
+using Npgsql;
 
 namespace AsyncOrmApi.Data;
 
@@ -25,6 +28,56 @@ public sealed class AppDb(DbContextOptions<AppDb> options) : DbContext(options)
 
     public DbSet<A> A => Set<A>();
     public DbSet<B> B => Set<B>();
+
+    /// <summary>The command whose reader is open on this context's connection, if any (<see cref="RunningCommands"/>).</summary>
+    NpgsqlCommand? _reading;
+
+    /// <summary>
+    /// Stops the query being read on the server, when its client has gone: otherwise disposing the reader part-way makes
+    /// Npgsql read the rest of the result, and PostgreSQL runs the query to its end for nobody. Npgsql's cancel request
+    /// goes over a socket of its own, never a pooled connection (opening one from the pool here, as this did before,
+    /// waited on the exhausted pool under 100 slow streams and blocked thread-pool threads for ~48 s; issue 16).
+    /// </summary>
+    public void CancelRunningQuery()
+    {
+        try
+        {
+            Volatile.Read(ref _reading)?.Cancel();
+        }
+        catch (Exception)
+        {
+            // Best effort: without it Npgsql still ends the query, only later. Nothing may escape: this runs as a
+            // cancellation callback, on a request timeout's timer thread too, where an exception ends the process.
+        }
+    }
+
+    /// <summary>Remembers each context's open reader's command, so that <see cref="CancelRunningQuery"/> can reach it.</summary>
+    public sealed class RunningCommands : DbCommandInterceptor
+    {
+        public static readonly RunningCommands Instance = new();
+
+        public override ValueTask<DbDataReader> ReaderExecutedAsync(DbCommand command, CommandExecutedEventData data, DbDataReader result,
+            CancellationToken ct = default)
+        {
+            if (data.Context is AppDb db)
+                Volatile.Write(ref db._reading, command as NpgsqlCommand);
+            return ValueTask.FromResult(result);
+        }
+
+        public override InterceptionResult DataReaderClosing(DbCommand command, DataReaderClosingEventData data, InterceptionResult result)
+        {
+            if (data.Context is AppDb db)
+                Volatile.Write(ref db._reading, null);
+            return result;
+        }
+
+        public override ValueTask<InterceptionResult> DataReaderClosingAsync(DbCommand command, DataReaderClosingEventData data,
+            InterceptionResult result)
+        {
+            DataReaderClosing(command, data, result);
+            return ValueTask.FromResult(result);
+        }
+    }
 
     protected override void OnModelCreating(ModelBuilder model)
     {

@@ -1,9 +1,11 @@
 using System.Buffers;
 using System.Buffers.Binary;
+using System.Diagnostics.Metrics;
 using System.Net.ServerSentEvents;
 using System.Runtime.CompilerServices;
 using System.Security.Cryptography;
 using System.Text;
+using System.Text.Encodings.Web;
 using System.Text.Json;
 using Npgsql;
 using Npgsql.Replication;
@@ -19,17 +21,48 @@ namespace AsyncOrmApi.Data;
 /// last leaves, so a reconnect finds its window), and PostgreSQL drops it with the reader's connection, also when the
 /// process is killed. So no slot holds WAL after the API stops, and a resume across a restart answers 409.
 /// </summary>
-public sealed class ChangeFeed(IConfiguration config, ILogger<ChangeFeed> log, IHostApplicationLifetime life) : IAsyncDisposable
+public sealed class ChangeFeed : IAsyncDisposable
 {
     /// <summary>Prefix of the logical message POST /reset writes in its transaction, so the feed says `reset` at once.</summary>
     public const string ResetMessage = "asyncormapi.reset";
 
-    readonly string _connectionString = Database.ConnectionString(config);
-    readonly string _publication = config.GetValue("ChangeFeed:Publication", "asyncormapi_changes")!;
-    readonly int _window = config.GetValue("ChangeFeed:Window", 10_000);
-    readonly int _maxLag = config.GetValue("ChangeFeed:MaxLag", 5_000);
-    readonly TimeSpan _idle = TimeSpan.FromSeconds(config.GetValue("ChangeFeed:IdleSeconds", 300));
-    public TimeSpan Heartbeat { get; } = TimeSpan.FromSeconds(config.GetValue("ChangeFeed:HeartbeatSeconds", 15));
+    public const string WindowBytesSetting = "ChangeFeed:WindowBytes";
+    public const long DefaultWindowBytes = 64L * 1024 * 1024;
+
+    readonly ILogger<ChangeFeed> _log;
+    readonly IHostApplicationLifetime _life;
+
+    public ChangeFeed(IConfiguration config, ILogger<ChangeFeed> log, IHostApplicationLifetime life, IMeterFactory meters)
+    {
+        _log = log;
+        _life = life;
+        _connectionString = Database.ConnectionString(config);
+        _publication = config.GetValue("ChangeFeed:Publication", "asyncormapi_changes")!;
+        _window = config.GetValue("ChangeFeed:Window", 10_000);
+        _windowBytes = config.GetValue(WindowBytesSetting, DefaultWindowBytes);
+        _maxLag = config.GetValue("ChangeFeed:MaxLag", 5_000);
+        _idle = TimeSpan.FromSeconds(config.GetValue("ChangeFeed:IdleSeconds", 300));
+        Heartbeat = TimeSpan.FromSeconds(config.GetValue("ChangeFeed:HeartbeatSeconds", 15));
+
+        // The window's fill, against its bounds: an operator sees the byte bound coming before resumes start to 409.
+        var meter = meters.Create("AsyncOrmApi");
+        meter.CreateObservableGauge("asyncormapi.changefeed.window.bytes", () => Window().Bytes, "By",
+            "Event data the change feed keeps for resumes now (bounded by ChangeFeed:WindowBytes).");
+        meter.CreateObservableGauge("asyncormapi.changefeed.window.events", () => Window().Events, "{event}",
+            "Events the change feed keeps for resumes now (bounded by ChangeFeed:Window).");
+        meter.CreateObservableGauge("asyncormapi.changefeed.window.limit_bytes", () => _windowBytes, "By",
+            "ChangeFeed:WindowBytes.");
+        meter.CreateObservableGauge("asyncormapi.changefeed.subscribers", () => Window().Subscribers, "{subscriber}",
+            "Subscribers reading the change feed's window now.");
+    }
+
+    readonly string _connectionString;
+    readonly string _publication;
+    readonly int _window;
+    readonly long _windowBytes;
+    readonly int _maxLag;
+    readonly TimeSpan _idle;
+    public TimeSpan Heartbeat { get; }
 
     readonly Lock _gate = new();
     Task<ChangeLog>? _current;                           // the running reader's log, once its slot exists
@@ -54,6 +87,18 @@ public sealed class ChangeFeed(IConfiguration config, ILogger<ChangeFeed> log, I
             if (!changes.Ended || attempt == 3)
                 return null;                               // else the reader stopped (idle) just now: start another
         }
+    }
+
+    /// <summary>The running log's size and subscribers; zeros while no reader runs.</summary>
+    (long Events, long Bytes, int Subscribers) Window()
+    {
+        Task<ChangeLog>? current;
+        lock (_gate)
+            current = _current;
+        if (current is not { IsCompletedSuccessfully: true, Result: { Ended: false } changes })
+            return (0, 0, 0);
+        var (events, bytes) = changes.Size;
+        return (events, bytes, changes.Subscribers);
     }
 
     void Unsubscribe(ChangeLog changes, ChangeLog.Subscriber subscriber)
@@ -109,7 +154,7 @@ public sealed class ChangeFeed(IConfiguration config, ILogger<ChangeFeed> log, I
             if (_current is null || _current.IsFaulted || _current.IsCanceled || _current.IsCompletedSuccessfully && _current.Result.Ended)
             {
                 _stop?.Cancel();
-                _stop = CancellationTokenSource.CreateLinkedTokenSource(life.ApplicationStopping);
+                _stop = CancellationTokenSource.CreateLinkedTokenSource(_life.ApplicationStopping);
                 var started = new TaskCompletionSource<ChangeLog>(TaskCreationOptions.RunContinuationsAsynchronously);
                 _current = started.Task;
                 _reading = ReadAsync(started, _stop);
@@ -134,15 +179,15 @@ public sealed class ChangeFeed(IConfiguration config, ILogger<ChangeFeed> log, I
             var tables = await PrepareAsync(stop);
             var slot = await connection.CreatePgOutputReplicationSlot($"asyncormapi_{Guid.NewGuid():N}"[..32],
                 temporarySlot: true, slotSnapshotInitMode: LogicalSlotSnapshotInitMode.NoExport, cancellationToken: stop);
-            changes = new ChangeLog(SourceOf(system), (ulong)slot.ConsistentPoint, _window, _maxLag);
+            changes = new ChangeLog(SourceOf(system), (ulong)slot.ConsistentPoint, _window, _windowBytes, _maxLag);
             started.SetResult(changes);
-            log.LogInformation("Change feed reading slot {Slot} from {Lsn}", slot.Name, slot.ConsistentPoint);
+            _log.LogInformation("Change feed reading slot {Slot} from {Lsn}", slot.Name, slot.ConsistentPoint);
 
             using var idle = new PeriodicTimer(TimeSpan.FromSeconds(5));
             _ = StopWhenIdleAsync(connection, changes, idle, stopper);
             using var heartbeat = new PeriodicTimer(Heartbeat);
             _ = TickAsync(changes, heartbeat, stop);
-            var decoder = new ChangeDecoder(changes, tables, _window);
+            var decoder = new ChangeDecoder(changes, tables, _window, _windowBytes);
             var options = new PgOutputReplicationOptions(_publication, PgOutputProtocolVersion.V1, binary: true, messages: true);
             await foreach (var message in connection.StartReplication(slot, options, stop))
             {
@@ -157,7 +202,7 @@ public sealed class ChangeFeed(IConfiguration config, ILogger<ChangeFeed> log, I
         catch (Exception e)
         {
             if (!started.TrySetException(e))
-                log.LogWarning(e, "Change feed reader stopped; subscribers will resume from a new slot (or get 409)");
+                _log.LogWarning(e, "Change feed reader stopped; subscribers will resume from a new slot (or get 409)");
         }
         finally
         {
@@ -282,12 +327,19 @@ public sealed class ChangeFeedUnavailableException() : Exception(
 /// Turns pgoutput's messages into events: a transaction's changes are gathered and appended at its commit, with ids
 /// from its commit LSN. pgoutput recycles its message objects: everything is copied out before the next one.
 /// </summary>
-sealed class ChangeDecoder(ChangeLog changes, Dictionary<string, uint> tables, int window)
+sealed class ChangeDecoder(ChangeLog changes, Dictionary<string, uint> tables, int window, long windowBytes)
 {
+    /// <summary>
+    /// SSE needs no HTML-safe escaping: without it an event is about its row's UTF-8 size. With the default encoder a
+    /// 1 MB PATCH of non-ASCII text became a 6 MB event (every character a \uXXXX; issue 16).
+    /// </summary>
+    static readonly JsonWriterOptions Json = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping, SkipValidation = true };
+
     readonly List<Change> _pending = [];
     readonly ArrayBufferWriter<byte> _buffer = new(256);
     ulong _commitLsn;
     int _ordinal;
+    long _pendingBytes;
     bool _tooLarge;
 
     public async ValueTask DecodeAsync(ReplicationMessage message, CancellationToken ct)
@@ -299,6 +351,7 @@ sealed class ChangeDecoder(ChangeLog changes, Dictionary<string, uint> tables, i
                 _ordinal = 0;
                 _tooLarge = false;
                 _pending.Clear();
+                _pendingBytes = 0;
                 break;
             case RelationMessage relation when Table(relation) is { } table:
                 // A new OID for a or b: the table was dropped and created again (the seed program's drop_all/create_all).
@@ -326,13 +379,14 @@ sealed class ChangeDecoder(ChangeLog changes, Dictionary<string, uint> tables, i
                 Reset("reset");
                 break;
             case CommitMessage:
-                if (_tooLarge)
+                if (_tooLarge || _pendingBytes > windowBytes)
                 {
                     _pending.Clear();
                     Reset("large-transaction");
                 }
                 changes.Append(_pending);
                 _pending.Clear();
+                _pendingBytes = 0;
                 break;
         }
     }
@@ -343,7 +397,7 @@ sealed class ChangeDecoder(ChangeLog changes, Dictionary<string, uint> tables, i
     void Reset(string reason)
     {
         _buffer.ResetWrittenCount();
-        using (var json = new Utf8JsonWriter(_buffer))
+        using (var json = new Utf8JsonWriter(_buffer, Json))
         {
             json.WriteStartObject();
             json.WriteString("reason", reason);
@@ -355,15 +409,16 @@ sealed class ChangeDecoder(ChangeLog changes, Dictionary<string, uint> tables, i
     /// <summary>The row as the API shows it: <c>{"id","data"}</c> for A, <c>{"id","aId","data"}</c> for B.</summary>
     async ValueTask AddAsync(string type, ReplicationTuple row, CancellationToken ct)
     {
-        if (_tooLarge || _pending.Count >= window)
+        if (_tooLarge || _pending.Count >= window || _pendingBytes > windowBytes)
         {
-            // More changes than the window keeps: no subscriber could resume inside it. It goes out as one `reset`.
+            // More changes than the window keeps, by count or by bytes: no subscriber could resume inside it, and
+            // holding it would hold its size in memory. It goes out as one `reset`.
             _tooLarge = true;
             _ordinal++;
             return;
         }
         _buffer.ResetWrittenCount();
-        using (var json = new Utf8JsonWriter(_buffer))
+        using (var json = new Utf8JsonWriter(_buffer, Json))
         {
             json.WriteStartObject();
             await foreach (var value in row)
@@ -389,6 +444,7 @@ sealed class ChangeDecoder(ChangeLog changes, Dictionary<string, uint> tables, i
     void Add(string type)
     {
         var id = new ChangeId(changes.Source, _commitLsn, ++_ordinal);
+        _pendingBytes += _buffer.WrittenCount;
         _pending.Add(new Change(id, new SseItem<byte[]>(_buffer.WrittenSpan.ToArray(), type) { EventId = id.ToString() }));
     }
 }

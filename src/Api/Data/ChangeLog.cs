@@ -38,23 +38,32 @@ public readonly record struct ChangeId(uint Source, ulong Lsn, int Ordinal) : IC
 public sealed record Change(ChangeId Id, SseItem<byte[]> Item);
 
 /// <summary>
-/// The changes one replication slot has delivered: the last <c>window</c> of them kept for resumes, in a ring that
-/// every subscriber reads with its own cursor, so fanning out costs no copy and no memory per subscriber. A
+/// The changes one replication slot has delivered: the last <c>window</c> of them, and no more than <c>windowBytes</c> of
+/// event data, kept for resumes in a ring that every subscriber reads with its own cursor, so fanning out costs no copy
+/// and no memory per subscriber. A
 /// subscriber more than <c>maxLag</c> changes behind is cut (its connection aborted); it resumes with its last id.
 /// The log ends when its slot does: its subscribers are cut, and their resumes answer 409 from the next log.
 /// </summary>
-public sealed class ChangeLog(uint source, ulong startLsn, int window, int maxLag)
+public sealed class ChangeLog(uint source, ulong startLsn, int window, long windowBytes, int maxLag)
 {
     readonly Lock _gate = new();
     readonly Change[] _ring = new Change[window];
     readonly List<Subscriber> _subscribers = [];
     long _head;                                          // sequence number of the next change
+    long _tail;                                          // sequence number of the oldest change kept
+    long _bytes;                                         // the event data of the changes kept
     // Every change after this position is in the ring: at first the slot's start (whose own commit, if any,
     // was not decoded), later the last change that fell out of the ring.
     ChangeId _floor = new(source, startLsn, int.MaxValue);
     TaskCompletionSource _appended = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     public uint Source => source;
+
+    /// <summary>How many changes the window holds now, and their event data in bytes (for /metrics).</summary>
+    public (long Events, long Bytes) Size
+    {
+        get { lock (_gate) return (_head - _tail, _bytes); }
+    }
     public bool Ended { get; private set; }
 
     /// <summary>A subscriber's place in the log: the sequence number of the next change it reads.</summary>
@@ -76,13 +85,21 @@ public sealed class ChangeLog(uint source, ulong startLsn, int window, int maxLa
         {
             foreach (var change in changes)
             {
-                ref var slot = ref _ring[_head++ % _ring.Length];
-                if (slot is not null)
-                    _floor = slot.Id;
-                slot = change;
+                var size = change.Item.Data.Length;
+                // The oldest changes leave the window to make room, by count and by bytes (a change larger than the
+                // whole window cannot come: the decoder turns its transaction into one small reset).
+                while (_tail < _head && (_head - _tail >= _ring.Length || _bytes + size > windowBytes))
+                {
+                    ref var oldest = ref _ring[_tail++ % _ring.Length];
+                    _floor = oldest.Id;
+                    _bytes -= oldest.Item.Data.Length;
+                    oldest = null!;
+                }
+                _ring[_head++ % _ring.Length] = change;
+                _bytes += size;
             }
             foreach (var s in _subscribers)
-                if (_head - Volatile.Read(ref s.Cursor) > maxLag)
+                if (_head - Volatile.Read(ref s.Cursor) > maxLag || Volatile.Read(ref s.Cursor) < _tail)
                     (lagging ??= []).Add(s);
             if (lagging is not null)
                 _subscribers.RemoveAll(lagging.Contains);
@@ -133,7 +150,7 @@ public sealed class ChangeLog(uint source, ulong startLsn, int window, int maxLa
                 return null;
             var cursor = _head;
             if (after is { } seen)
-                while (cursor > _head - _ring.Length && cursor > 0 && _ring[(cursor - 1) % _ring.Length] is { } c && c.Id > seen)
+                while (cursor > _tail && _ring[(cursor - 1) % _ring.Length] is { } c && c.Id > seen)
                     cursor--;
             var subscriber = new Subscriber(cursor, after, cut);
             _subscribers.Add(subscriber);
@@ -168,7 +185,7 @@ public sealed class ChangeLog(uint source, ulong startLsn, int window, int maxLa
         {
             appended = _appended.Task;
             var cursor = subscriber.Cursor;
-            if (Ended || cursor < _head - _ring.Length)
+            if (Ended || cursor < _tail)
                 return -1;
             var n = 0;
             for (; cursor < _head && n < into.Length; cursor++)

@@ -16,6 +16,7 @@ public static class Database
         builder.Services.AddDbContextPool<AppDb>((services, options) => options
             .UseNpgsql(ConnectionString(services.GetRequiredService<IConfiguration>()), npgsql => npgsql
                 .ConfigureDataSource(source => Tune(source, "asyncormapi")))
+            .AddInterceptors(AppDb.RunningCommands.Instance)
             .EnableSensitiveDataLogging(logSql));
 
         // One logical replication reader per process, shared by every GET /a/changes.
@@ -71,7 +72,7 @@ public static class Database
         await using var scope = app.Services.CreateAsyncScope();
         var db = scope.ServiceProvider.GetRequiredService<AppDb>();
         await db.CreateMissingTablesAsync(app.Lifetime.ApplicationStopping);
-        await Queries.FirstA(db, app.Lifetime.ApplicationStopping);
+        await Queries.FirstAsync(db, app.Lifetime.ApplicationStopping);
     }
 
     /// <summary><c>ConnectionStrings:Default</c>, or an error that says how to set it.</summary>

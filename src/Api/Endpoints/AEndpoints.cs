@@ -44,6 +44,7 @@ public static class AEndpoints
             .Produces(StatusCodes.Status304NotModified)
             .ProducesValidationProblem()
             .ProducesProblem(StatusCodes.Status404NotFound)
+            .ReadLimited()
             .Timed();
         a.MapGet("/stream", Stream).WithName("StreamA")
             .WithSummary("Every A with its Bs, streamed from the database as a JSON array or NDJSON")
@@ -53,6 +54,7 @@ public static class AEndpoints
             .WithMetadata(Paging.After, Consistency.Token)
             .ProducesValidationProblem()
             .ReadLimited()
+            .Capped(slots => slots.Streams)
             // A stream runs as long as the table is long; it stops when its client leaves.
             .DisableRequestTimeout();
         a.MapGet("/changes", Changes).WithName("AChanges")
@@ -71,6 +73,7 @@ public static class AEndpoints
             .ProducesValidationProblem()
             .ProducesProblem(StatusCodes.Status409Conflict)
             .ReadLimited()
+            .Capped(slots => slots.Subscribers)
             // A subscription lasts as long as its client stays.
             .DisableRequestTimeout();
         a.MapPatch("/first", PatchFirst).WithName("PatchFirstA")
@@ -100,6 +103,7 @@ public static class AEndpoints
             .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
             .ProducesProblem(StatusCodes.Status415UnsupportedMediaType)
             .WriteLimited()
+            .Capped(slots => slots.Streams)
             // A body of a gigabyte takes minutes to arrive; Kestrel's minimum data rate still drops a stalled client.
             .DisableRequestTimeout();
 
@@ -114,20 +118,10 @@ public static class AEndpoints
         if (!Consistency.TryRead(consistencyToken, out var token))
             return Consistency.Malformed(consistencyToken!);
         var take = limit ?? Paging.DefaultLimit;
-        var page = await replicas.ReadAsync(db, token, async db =>
-        {
-            var page = new List<ADto>();
-            // One A more than the page tells whether another page follows; its Bs are the only rows read in vain.
-            await foreach (var a in Queries.PageA(db, Paging.Start(after), take + 1, ct))
-                page.Add(a);
-            return page;
-        }, ct);
-        if (page.Count > take)
-        {
-            page.RemoveAt(take);
-            Paging.SetNext(http, page[^1].Id, take);
-        }
-        return TypedResults.Ok(page);
+        var page = await replicas.ReadAsync(db, token, db => Queries.PageAsync(db, Paging.Start(after), take, ct), ct);
+        if (page.More)
+            Paging.SetNext(http, page.As[^1].Id, take);
+        return TypedResults.Ok(page.As);
     }
 
     static async Task<Results<Ok<ADto>, StatusCodeHttpResult, ValidationProblem, ProblemHttpResult>> GetFirst(
@@ -137,7 +131,7 @@ public static class AEndpoints
         if (!Consistency.TryRead(consistencyToken, out var token))
             return Consistency.Malformed(consistencyToken!);
         // xmin is the same on a standby as on the primary for the same row version: ETags hold on either.
-        if (await replicas.ReadAsync(db, token, db => Queries.FirstA(db, ct), ct) is not { } first)
+        if (await replicas.ReadAsync(db, token, db => Queries.FirstAsync(db, ct), ct) is not { } first)
             return Problems.NoA();
         ETags.Set(response, first.Version);
         return ETags.NoneMatchHits(ifNoneMatch, first.Version)
@@ -192,7 +186,7 @@ public static class AEndpoints
             .Where(a => a.Id == db.A.Min(x => x.Id)
                 && (accepted == null || accepted.Contains(EF.Property<uint>(a, AppDb.Version))))
             .ExecuteUpdateAsync(set => set.SetProperty(a => a.Data, patch.Data), ct);
-        if (await Queries.FirstA(db, ct) is not { } first)
+        if (await Queries.FirstAsync(db, ct) is not { } first)
             return Problems.NoA();
         ETags.Set(response, first.Version);
         if (updated == 0)

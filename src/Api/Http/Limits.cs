@@ -33,12 +33,13 @@ public static class Limits
             o.AddPolicy(Writes, http => PerClient(http, writes));
             o.AddPolicy(Reads, http => PerClient(http, reads));
             o.RejectionStatusCode = StatusCodes.Status429TooManyRequests;
-            o.OnRejected = (context, _) =>
-            {
-                var wait = context.Lease.TryGetMetadata(MetadataName.RetryAfter, out var retryAfter) ? retryAfter : TimeSpan.FromMinutes(1);
-                return new ValueTask(Problems.TooManyRequests(context.HttpContext.Response, wait).ExecuteAsync(context.HttpContext));
-            };
+            // The lease's own RetryAfter is always the whole window (60 s); the wait is until this window's end.
+            o.OnRejected = (context, _) => new ValueTask(
+                Problems.TooManyRequests(context.HttpContext.Response, UntilNextWindow()).ExecuteAsync(context.HttpContext));
         });
+
+        // Caps on the long requests (streams, ingests, change feed subscriptions).
+        builder.Services.AddSingleton<StreamSlots>();
 
         var seconds = config.GetValue(TimeoutSetting, DefaultRequestSeconds);
         builder.Services.AddRequestTimeouts(o => o.DefaultPolicy = new RequestTimeoutPolicy
@@ -71,13 +72,25 @@ public static class Limits
     public static TBuilder Timed<TBuilder>(this TBuilder builder) where TBuilder : IEndpointConventionBuilder =>
         builder.ProducesProblem(StatusCodes.Status504GatewayTimeout);
 
+    static readonly TimeSpan Window = TimeSpan.FromMinutes(1);
+
+    /// <summary>
+    /// A budget per client and per clock minute: the minute is part of the partition's key, so a new minute is a fresh
+    /// limiter and the time until the budget comes back is known exactly (the framework's fixed window starts when a
+    /// client first arrives and drifts by its 100 ms replenishment tick). The previous minute's limiter is dropped
+    /// once idle.
+    /// </summary>
     static RateLimitPartition<string> PerClient(HttpContext http, int perMinute) =>
         perMinute <= 0
             ? RateLimitPartition.GetNoLimiter("")
-            : RateLimitPartition.GetFixedWindowLimiter(http.Connection.RemoteIpAddress?.ToString() ?? "", _ => new()
-            {
-                PermitLimit = perMinute,
-                Window = TimeSpan.FromMinutes(1),
-                QueueLimit = 0,
-            });
+            : RateLimitPartition.GetFixedWindowLimiter(
+                $"{http.Connection.RemoteIpAddress}/{TimeProvider.System.GetUtcNow().Ticks / Window.Ticks}", _ => new()
+                {
+                    PermitLimit = perMinute,
+                    // Never replenished within its minute: the next minute has a limiter of its own.
+                    Window = 2 * Window,
+                    QueueLimit = 0,
+                });
+
+    static TimeSpan UntilNextWindow() => TimeSpan.FromTicks(Window.Ticks - TimeProvider.System.GetUtcNow().Ticks % Window.Ticks);
 }

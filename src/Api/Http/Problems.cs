@@ -84,6 +84,24 @@ public static class Problems
             detail: $"This client has used its budget for this kind of request; nothing was done. Try again in {seconds} seconds.");
     }
 
+    /// <summary>This client already holds as many streams of this kind as one client may.</summary>
+    public static ProblemHttpResult TooManyStreams(HttpResponse response, string kind, int perClient)
+    {
+        response.Headers.RetryAfter = StreamSlots.RetryAfterSeconds.ToString();
+        return TypedResults.Problem(statusCode: StatusCodes.Status429TooManyRequests, title: "Too many open streams",
+            detail: $"This client has {perClient} {kind}s open, as many as one client may; nothing was done. Try again once one "
+                + $"has ended (in {StreamSlots.RetryAfterSeconds} seconds, say).");
+    }
+
+    /// <summary>The server holds as many streams of this kind as it allows in all.</summary>
+    public static ProblemHttpResult StreamsFull(HttpResponse response, string kind, int total)
+    {
+        response.Headers.RetryAfter = StreamSlots.RetryAfterSeconds.ToString();
+        return TypedResults.Problem(statusCode: StatusCodes.Status503ServiceUnavailable, title: "Server busy",
+            detail: $"The server has {total} {kind}s open, as many as it allows at once; nothing was done. Try again in "
+                + $"{StreamSlots.RetryAfterSeconds} seconds.");
+    }
+
     public static ProblemHttpResult TimedOut(int seconds) =>
         TypedResults.Problem(statusCode: StatusCodes.Status504GatewayTimeout, title: "Request timed out",
             detail: $"No answer within {seconds} seconds: the request and its database query were cancelled.");

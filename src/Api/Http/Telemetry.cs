@@ -57,6 +57,8 @@ public static partial class Telemetry
                 .AddView("db.client.operation.npgsql.bytes_read", MetricStreamConfiguration.Drop)
                 .AddView("db.client.operation.npgsql.executing", MetricStreamConfiguration.Drop)
                 .AddMeter("System.Runtime")
+                // The API's own bounds: streams and subscriptions open, the change feed's window (StreamSlots, ChangeFeed).
+                .AddMeter("AsyncOrmApi")
                 .AddPrometheusExporter());
         if (exporting)
         {

@@ -72,6 +72,29 @@ public sealed class ApiFactory : WebApplicationFactory<Program>, IAsyncLifetime
                 b.UseSetting(key, value);
         });
 
+    /// <summary>This API with some settings changed, served by real Kestrel on a free loopback port, started.</summary>
+    public WebApplicationFactory<Program> OnKestrel(params (string Key, string Value)[] settings)
+    {
+        var app = With(settings);
+        app.UseKestrel(0);
+        app.StartServer();
+        return app;
+    }
+
+    /// <summary>A client of a Kestrel-served factory whose connections come from <paramref name="localAddress"/> (any of 127.0.0.0/8).</summary>
+    public static HttpClient ClientFrom(WebApplicationFactory<Program> app, string localAddress) =>
+        new(new SocketsHttpHandler
+        {
+            ConnectCallback = async (context, ct) =>
+            {
+                var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
+                socket.Bind(new IPEndPoint(IPAddress.Parse(localAddress), 0));
+                await socket.ConnectAsync(context.DnsEndPoint, ct);
+                return new NetworkStream(socket, ownsSocket: true);
+            },
+        })
+        { BaseAddress = AddressOf(app) };
+
     /// <summary>Where a factory started with UseKestrel listens.</summary>
     public static Uri AddressOf(WebApplicationFactory<Program> factory) =>
         new(factory.Services.GetRequiredService<IServer>().Features.GetRequiredFeature<IServerAddressesFeature>().Addresses.First());

@@ -97,7 +97,8 @@ public sealed class DeliveryTests
         var api = services["api"];
         Assert.Equal(".", Scalar(api, "build"));
         Assert.Equal("service_healthy", Scalar(Map(Map(api, "depends_on"), "db"), "condition"));
-        Assert.Contains("8080:8080", List(api, "ports").Children.Select(c => c.ToString()));
+        // Development (the default) takes reset and seed without a key: published on the host's loopback only.
+        Assert.Contains("${API_ADDRESS:-127.0.0.1}:8080:8080", List(api, "ports").Children.Select(c => c.ToString()));
 
         // The settings the app reads, under their environment names, pointing at the db service's database.
         var env = Map(api, "environment");
@@ -137,7 +138,7 @@ public sealed class DeliveryTests
         var dashboard = services["dashboard"];
         Assert.Equal(["observability"], List(dashboard, "profiles").Children.Select(c => c.ToString()));
         Assert.Matches(@"^mcr\.microsoft\.com/dotnet/aspire-dashboard:\d+\.\d+$", Scalar(dashboard, "image"));
-        Assert.Contains("18888:18888", List(dashboard, "ports").Children.Select(c => c.ToString()));
+        Assert.Contains("127.0.0.1:18888:18888", List(dashboard, "ports").Children.Select(c => c.ToString()));
         Assert.False(Has(services["api"], "profiles"), "the API runs without the profile too");
         Assert.False(Has(services["db"], "profiles"), "PostgreSQL runs without the profile too");
 

@@ -121,7 +121,7 @@ public sealed class IngestTests(ApiFactory api) : ApiTest(api)
             await tcp.ConnectAsync(Client.BaseAddress!.Host, Client.BaseAddress.Port);
             var stream = tcp.GetStream();
             await stream.WriteAsync(Encoding.ASCII.GetBytes(
-                $"POST /a HTTP/1.1\r\nHost: test\r\nContent-Type: application/x-ndjson\r\nContent-Length: {payload.Length * 2}\r\n\r\n"));
+                $"POST /a HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-ndjson\r\nContent-Length: {payload.Length * 2}\r\n\r\n"));
             await stream.WriteAsync(payload);
             // Hang up only once the ingest's transaction is under way on the server.
             await EventuallyAsync("an open transaction", async () => await OpenTransactionsAsync() > 0);

@@ -136,8 +136,9 @@ public sealed class ChangeFeed : IAsyncDisposable
                     yield return new SseItem<byte[]>([], null);
                 sent = false;
                 // One wake-up for all subscribers per append or heartbeat tick: no timer per wait (a Task.Delay per
-                // wait left 50,000 timers a second alive at 1,000 changes/s and 50 subscribers; script/bench).
-                await appended;
+                // wait left 50,000 timers a second alive at 1,000 changes/s and 50 subscribers; script/bench). The
+                // request's token ends the wait as soon as the client has gone, which frees its subscription's slot.
+                await appended.WaitAsync(ct);
             }
         }
         finally

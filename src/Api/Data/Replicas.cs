@@ -49,13 +49,18 @@ public sealed class Replicas : IAsyncDisposable
         try
         {
             connection = await _reads.OpenConnectionAsync(ct);
-            if (token is { } wanted && !await HasReplayedAsync(connection, wanted, ct))
+            if (token is { } wanted && !await HasReplayedAsync(db, connection, wanted, ct))
             {
                 await connection.DisposeAsync();
                 return NoStandby;
             }
             db.Database.SetDbConnection(connection, contextOwnsConnection: true);
             return new Lent(db);
+        }
+        catch (ConsistencyTokenAheadException)
+        {
+            await connection!.DisposeAsync();
+            throw;
         }
         catch (NpgsqlException) when (!ct.IsCancellationRequested)
         {
@@ -71,13 +76,20 @@ public sealed class Replicas : IAsyncDisposable
     /// and a token from before a failover is behind the new primary's WAL too); a standby once it has replayed that
     /// far. Bounded: the token never makes a read wait longer than <see cref="CatchUpWait"/>.
     /// </summary>
-    static async Task<bool> HasReplayedAsync(NpgsqlConnection connection, NpgsqlLogSequenceNumber token, CancellationToken ct)
+    /// <exception cref="ConsistencyTokenAheadException">The token is ahead of the primary's WAL: no write answered it.</exception>
+    static async Task<bool> HasReplayedAsync(AppDb primary, NpgsqlConnection connection, NpgsqlLogSequenceNumber token, CancellationToken ct)
     {
         await using var check = new NpgsqlCommand(
             "SELECT NOT pg_is_in_recovery() OR coalesce(pg_last_wal_replay_lsn() >= $1, false)", connection)
         {
             Parameters = { new() { Value = token, NpgsqlDbType = NpgsqlDbType.PgLsn } },
         };
+        if ((bool)(await check.ExecuteScalarAsync(ct))!)
+            return true;
+        // Not replayed yet: a token no write can have answered (FFFFFFFF/FFFFFFFF) would make every read wait the whole
+        // CatchUpWait for nothing (issue 16). One query on the primary tells, and only on this path.
+        if (await primary.Database.SqlQuery<bool>($"SELECT pg_current_wal_insert_lsn() < {token} AS \"Value\"").SingleAsync(ct))
+            throw new ConsistencyTokenAheadException(token);
         var deadline = DateTime.UtcNow + CatchUpWait;
         while (true)
         {
@@ -126,3 +138,8 @@ public sealed class Replicas : IAsyncDisposable
 
     public ValueTask DisposeAsync() => _reads?.DisposeAsync() ?? ValueTask.CompletedTask;
 }
+
+/// <summary>A <c>Consistency-Token</c> beyond the primary's WAL: not a position any write of this database answered.</summary>
+public sealed class ConsistencyTokenAheadException(NpgsqlLogSequenceNumber token) : Exception(
+    $"{Http.Consistency.Header} {token} is ahead of the primary's WAL: no write of this database answered it. Send the "
+    + $"{Http.Consistency.Header} of a write's answer, or none.");

@@ -1,4 +1,6 @@
+using System.Diagnostics;
 using Microsoft.EntityFrameworkCore;
+using Npgsql;
 
 namespace AsyncOrmApi.Data;
 
@@ -23,13 +25,41 @@ public static class Schema
     /// <remarks>
     /// The logical message tells the change feed at this commit (not at the next insert) that its subscribers must refetch.
     /// </remarks>
-    public static Task ResetTablesAsync(this AppDb db, CancellationToken ct = default) =>
-        RunLockedAsync(db, "DROP TABLE IF EXISTS b;\nDROP TABLE IF EXISTS a;\n" + db.Database.GenerateCreateScript()
-            + $"\nSELECT pg_logical_emit_message(true, '{ChangeFeed.ResetMessage}', '');", ct);
+    /// <param name="lockWait">How long to try for the tables' locks; null: as long as it takes.</param>
+    /// <exception cref="PostgresException">55P03 (lock_not_available): the tables stayed busy for <paramref name="lockWait"/>.</exception>
+    public static async Task ResetTablesAsync(this AppDb db, TimeSpan? lockWait = null, CancellationToken ct = default)
+    {
+        var sql = "DROP TABLE IF EXISTS b;\nDROP TABLE IF EXISTS a;\n" + db.Database.GenerateCreateScript()
+            + $"\nSELECT pg_logical_emit_message(true, '{ChangeFeed.ResetMessage}', '');";
+        var start = Stopwatch.GetTimestamp();
+        while (true)
+        {
+            try
+            {
+                // A DROP waits for every open transaction on the tables (a trickling ingest, a long read), and every read
+                // of a queues behind the waiting DROP: with a plain wait, anonymous GET /a/first answered 504 after 30 s
+                // behind a stalled admin ingest (issue 16). So each attempt waits for its locks a moment only and gives
+                // up, letting the reads through, and tries again until lockWait has passed.
+                await RunLockedAsync(db, sql, ct, lockTimeout: lockWait is null ? null : AttemptLockTimeout);
+                return;
+            }
+            catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.LockNotAvailable
+                && Stopwatch.GetElapsedTime(start) + RetryDelay < lockWait)
+            {
+                await Task.Delay(RetryDelay, ct);
+            }
+        }
+    }
 
-    static async Task RunLockedAsync(AppDb db, string sql, CancellationToken ct)
+    /// <summary>How long one attempt of a reset waits for its locks: as long as a read may queue behind it.</summary>
+    const string AttemptLockTimeout = "20ms";
+    static readonly TimeSpan RetryDelay = TimeSpan.FromMilliseconds(100);
+
+    static async Task RunLockedAsync(AppDb db, string sql, CancellationToken ct, string? lockTimeout = null)
     {
         await using var tx = await db.Database.BeginTransactionAsync(ct);
+        if (lockTimeout is not null)
+            await db.Database.ExecuteSqlAsync($"SELECT set_config('lock_timeout', {lockTimeout}, true)", ct);
         await db.Database.ExecuteSqlAsync($"SELECT pg_advisory_xact_lock({LockKey})", ct);
         await db.Database.ExecuteSqlRawAsync(sql, ct);
         await tx.CommitAsync(ct);

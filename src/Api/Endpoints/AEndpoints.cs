@@ -90,16 +90,22 @@ public static class AEndpoints
             .Timed();
 
         // It adds data like POST /seed, so it takes the admin key like POST /seed.
-        var maxIngest = routes.ServiceProvider.GetRequiredService<IConfiguration>().GetValue(MaxIngestBytesSetting, DefaultMaxIngestBytes);
-        a.MapGroup("").RequireAdminKey("POST /a").MapPost("/", Ingest).WithName("IngestA")
+        var config = routes.ServiceProvider.GetRequiredService<IConfiguration>();
+        var maxIngest = config.GetValue(MaxIngestBytesSetting, DefaultMaxIngestBytes);
+        var minRate = NdJsonLines.MinRate.From(config);
+        a.MapGroup("").RequireAdminKey("POST /a").MapPost("/", (HttpRequest request, AppDb db, HttpResponse response, CancellationToken ct) =>
+            Ingest(request, minRate, db, response, ct)).WithName("IngestA")
             .WithSummary("Adds many A with their Bs from an NDJSON body, all or nothing")
             .WithDescription("One A per line, `{\"data\": \"x\", \"bs\": [{\"data\": \"y\"}, {\"data\": null}]}` (`bs` optional), "
                 + "sent as `application/x-ndjson`. Lines are copied into PostgreSQL (binary COPY) as they arrive, in one "
                 + "transaction: A ids follow line order, and a bad line rejects the whole body with a 400 naming the line. "
-                + $"The body may be up to {MaxIngestBytesSetting} bytes (default 1 GiB).")
+                + $"The body may be up to {MaxIngestBytesSetting} bytes (default 1 GiB). A body that comes slower than "
+                + $"{NdJsonLines.MinRate.BytesPerSecondSetting} ({NdJsonLines.MinRate.DefaultBytesPerSecond:N0}) bytes a second for "
+                + $"{NdJsonLines.MinRate.WindowSetting} ({NdJsonLines.MinRate.DefaultWindowSeconds}) seconds is cut with 408 and nothing is added.")
             .Accepts<NewA>(NdJsonLines.MediaType)
             .WithMetadata(new RequestSizeLimitAttribute(maxIngest))
             .ProducesProblem(StatusCodes.Status400BadRequest)
+            .ProducesProblem(StatusCodes.Status408RequestTimeout)
             .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
             .ProducesProblem(StatusCodes.Status415UnsupportedMediaType)
             .WriteLimited()
@@ -196,11 +202,12 @@ public static class AEndpoints
         return TypedResults.Ok(first.A);
     }
 
-    static async Task<Results<Created<RowCounts>, ProblemHttpResult>> Ingest(HttpRequest request, AppDb db, HttpResponse response, CancellationToken ct)
+    static async Task<Results<Created<RowCounts>, ProblemHttpResult>> Ingest(HttpRequest request, NdJsonLines.MinRate minRate, AppDb db,
+        HttpResponse response, CancellationToken ct)
     {
         if (!NdJsonLines.IsNdJson(request))
             return Problems.NotNdJson();
-        var (a, b) = await db.AddAllAsync(NdJsonLines.ReadAsync(request.BodyReader, ct), ct);
+        var (a, b) = await db.AddAllAsync(NdJsonLines.ReadAsync(request.BodyReader, minRate, ct), ct);
         if (a == 0)
             return Problems.EmptyBody();
         await Consistency.SetAsync(db, response, ct);

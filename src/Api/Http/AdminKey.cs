@@ -21,6 +21,11 @@ public static class AdminKey
 
         group.ProducesProblem(StatusCodes.Status401Unauthorized).ProducesProblem(StatusCodes.Status403Forbidden)
             .WithMetadata(new AdminKeyMetadata());
+        // In every environment, Development above all: there the admin endpoints take no key, and a form on any web page
+        // could post to a developer's localhost:8080 (a cross-site POST /reset wiped the tables; issue 16).
+        group.AddEndpointFilter((context, next) => IsCrossSite(context.HttpContext.Request)
+            ? ValueTask.FromResult<object?>(Problems.CrossSite())
+            : next(context));
         if (env.IsDevelopment())
             return group;
 
@@ -42,6 +47,19 @@ public static class AdminKey
                 return ValueTask.FromResult<object?>(Problems.AdminKeyWrong());
             return next(context);
         });
+    }
+
+    /// <summary>
+    /// A request a browser sent on behalf of another site: it says so (<c>Sec-Fetch-Site: cross-site</c>), or its
+    /// <c>Origin</c> is not this server's own host (<c>null</c> included). Clients that are not browsers send neither.
+    /// </summary>
+    static bool IsCrossSite(HttpRequest request)
+    {
+        if (string.Equals(request.Headers["Sec-Fetch-Site"], "cross-site", StringComparison.OrdinalIgnoreCase))
+            return true;
+        var origin = request.Headers.Origin.ToString();
+        return origin.Length > 0 && !(Uri.TryCreate(origin, UriKind.Absolute, out var uri)
+            && string.Equals(uri.Authority, request.Host.Value, StringComparison.OrdinalIgnoreCase));
     }
 }
 

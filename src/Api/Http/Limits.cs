@@ -15,6 +15,8 @@ public static class Limits
     public const string WritesSetting = "RateLimit:WritesPerMinute";
     public const string ReadsSetting = "RateLimit:ReadsPerMinute";
     public const string TimeoutSetting = "Timeouts:RequestSeconds";
+    public const string ShutdownSetting = "Shutdown:TimeoutSeconds";
+    public const int DefaultShutdownSeconds = 30;
     public const int DefaultWritesPerMinute = 1_200;
     public const int DefaultRequestSeconds = 30;
 
@@ -41,6 +43,11 @@ public static class Limits
         // Caps on the long requests (streams, ingests, change feed subscriptions).
         builder.Services.AddSingleton<StreamSlots>();
 
+        // On SIGTERM: requests in flight get this long to finish (a stream its rest, an ingest its body); then their
+        // connections are cut, and an ingest cut so is rolled back. Change feed subscriptions end at once.
+        var shutdown = config.GetValue(ShutdownSetting, DefaultShutdownSeconds);
+        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(shutdown));
+
         var seconds = config.GetValue(TimeoutSetting, DefaultRequestSeconds);
         builder.Services.AddRequestTimeouts(o => o.DefaultPolicy = new RequestTimeoutPolicy
         {
@@ -64,7 +71,7 @@ public static class Limits
     public static TBuilder WriteLimited<TBuilder>(this TBuilder builder) where TBuilder : IEndpointConventionBuilder =>
         builder.RequireRateLimiting(Writes).ProducesProblem(StatusCodes.Status429TooManyRequests);
 
-    /// <summary>Counts against the read budget: the reads whose cost grows with the table (GET /a, the stream).</summary>
+    /// <summary>Counts against the read budget: the reads of A with their Bs (GET /a, GET /a/first, the stream, the feed).</summary>
     public static TBuilder ReadLimited<TBuilder>(this TBuilder builder) where TBuilder : IEndpointConventionBuilder =>
         builder.RequireRateLimiting(Reads).ProducesProblem(StatusCodes.Status429TooManyRequests);
 

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Diagnostics;
 using System.IO.Pipelines;
 using System.Runtime.CompilerServices;
 using System.Text.Json;
@@ -28,21 +29,56 @@ public static class NdJsonLines
     public static bool IsNdJson(HttpRequest request) =>
         request.GetTypedHeaders().ContentType?.MediaType.Equals(MediaType, StringComparison.OrdinalIgnoreCase) == true;
 
+    /// <summary>
+    /// The least a body must bring: <c>BytesPerSecond</c> × <c>Window</c> bytes in every <c>Window</c> spent waiting for
+    /// it. Kestrel's own minimum rate is an average over the whole body, which a client that sends one fast batch and then
+    /// trickles (300 B/s) stays above for minutes, holding the ingest's transaction and locks all along (issue 16).
+    /// </summary>
+    public sealed record MinRate(int BytesPerSecond, TimeSpan Window)
+    {
+        public const string BytesPerSecondSetting = "Ingest:MinBytesPerSecond";
+        public const string WindowSetting = "Ingest:StallSeconds";
+        public const int DefaultBytesPerSecond = 1024;
+        public const int DefaultWindowSeconds = 10;
+
+        public static MinRate From(IConfiguration config) => new(config.GetValue(BytesPerSecondSetting, DefaultBytesPerSecond),
+            TimeSpan.FromSeconds(config.GetValue(WindowSetting, DefaultWindowSeconds)));
+    }
+
     /// <summary>The body's A in line order, in batches (blank lines are skipped, but counted in the line numbers of errors).</summary>
-    public static async IAsyncEnumerable<NewRows> ReadAsync(PipeReader body, [EnumeratorCancellation] CancellationToken ct)
+    /// <exception cref="BadHttpRequestException">408 when the body comes slower than <paramref name="rate"/>.</exception>
+    public static async IAsyncEnumerable<NewRows> ReadAsync(PipeReader body, MinRate rate, [EnumeratorCancellation] CancellationToken ct)
     {
         var number = 0;
         var rows = new NewRows();
         var text = new byte[4096];
         ReadResult read = default;
         var reading = false;
+        // Only the time spent waiting for the client counts, not the time the COPY keeps the reading waiting.
+        using var stalled = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        var (waited, received, left) = (TimeSpan.Zero, 0L, 0L);
         try
         {
             while (true)
             {
-                read = await body.ReadAsync(ct);
+                var start = Stopwatch.GetTimestamp();
+                stalled.CancelAfter(TimeSpan.FromTicks(Math.Max(1, (rate.Window - waited).Ticks)));
+                try
+                {
+                    read = await body.ReadAsync(stalled.Token);
+                }
+                catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+                {
+                    throw new BadHttpRequestException($"The body came slower than {rate.BytesPerSecond:N0} bytes a second for "
+                        + $"{rate.Window.TotalSeconds:0.#} s, after {number:N0} lines; nothing was added. Send it again.",
+                        StatusCodes.Status408RequestTimeout);
+                }
+                stalled.CancelAfter(Timeout.InfiniteTimeSpan);
                 reading = true;
                 var buffer = read.Buffer;
+                (waited, received) = (waited + Stopwatch.GetElapsedTime(start), received + buffer.Length - left);
+                if (received >= rate.BytesPerSecond * rate.Window.TotalSeconds)
+                    (waited, received) = (TimeSpan.Zero, 0);
                 while (buffer.PositionOf((byte)'\n') is { } end)
                 {
                     Parse(buffer.Slice(0, end), ++number, rows, ref text);
@@ -62,6 +98,7 @@ public static class NdJsonLines
                     break;
                 }
                 body.AdvanceTo(buffer.Start, buffer.End);
+                left = buffer.Length;
                 reading = false;
             }
         }

@@ -102,6 +102,14 @@ public static class Problems
                 + $"{StreamSlots.RetryAfterSeconds} seconds.");
     }
 
+    public static ProblemHttpResult TablesBusy(HttpResponse response, TimeSpan waited)
+    {
+        response.Headers.RetryAfter = RetryAfterSeconds.ToString();
+        return TypedResults.Problem(statusCode: StatusCodes.Status503ServiceUnavailable, title: "The tables are busy",
+            detail: $"Other transactions used the tables a and b for all of {waited.TotalSeconds:0.#} s (an ingest, say); nothing "
+                + $"was changed. Try again in {RetryAfterSeconds} seconds.");
+    }
+
     public static ProblemHttpResult TimedOut(int seconds) =>
         TypedResults.Problem(statusCode: StatusCodes.Status504GatewayTimeout, title: "Request timed out",
             detail: $"No answer within {seconds} seconds: the request and its database query were cancelled.");
@@ -113,6 +121,11 @@ public static class Problems
     public static ProblemHttpResult AdminOff() =>
         TypedResults.Problem(statusCode: StatusCodes.Status403Forbidden, title: "Admin endpoints are off",
             detail: "No admin key is configured on the server: set Admin__ApiKey to turn the admin operations (POST /reset, POST /seed, POST /a) on.");
+
+    public static ProblemHttpResult CrossSite() =>
+        TypedResults.Problem(statusCode: StatusCodes.Status403Forbidden, title: "Cross-site request refused",
+            detail: "The admin operations (POST /reset, POST /seed, POST /a) take no requests that a browser sends for another "
+                + "site (Sec-Fetch-Site: cross-site, or an Origin other than this server's): nothing was changed.");
 
     public static ProblemHttpResult AdminKeyMissing() =>
         TypedResults.Problem(statusCode: StatusCodes.Status401Unauthorized, title: "Admin key required",
@@ -160,9 +173,17 @@ public static class Problems
     {
         public async ValueTask<bool> TryHandleAsync(HttpContext http, Exception exception, CancellationToken ct)
         {
-            ProblemHttpResult problem;
-            if (exception is BadHttpRequestException bad)
-                problem = TypedResults.Problem(statusCode: bad.StatusCode, title: "Bad request", detail: Describe(http, bad));
+            IResult problem;
+            if (exception is ConsistencyTokenAheadException ahead)
+                problem = Invalid(Consistency.Header, ahead.Message);
+            else if (exception is BadHttpRequestException bad)
+            {
+                // 408: a body that stalled. The rest of it is not waited for: the connection closes after this answer.
+                if (bad.StatusCode == StatusCodes.Status408RequestTimeout)
+                    http.Response.Headers.Connection = "close";
+                problem = TypedResults.Problem(statusCode: bad.StatusCode,
+                    title: bad.StatusCode == StatusCodes.Status400BadRequest ? "Bad request" : null, detail: Describe(http, bad));
+            }
             else if (IsDatabaseOutage(exception))
             {
                 log.LogWarning("{Method} {Path}: PostgreSQL unavailable ({Error})", http.Request.Method, http.Request.Path,
@@ -189,6 +210,11 @@ public static class Problems
         {
             JsonException { InnerException: JsonException syntax } => $"{bad.Message} The body is not valid JSON: {syntax.Message}",
             JsonException { InnerException: { } cause } json => $"{bad.Message} The value at {json.Path} is not valid: {cause.Message}",
+            // Strict bodies (WireJson.Configure): a field twice, or one the body does not have. The reader's words name a .NET
+            // type; these name the field. The reader has no error code for either, only these messages.
+            JsonException { Path: { } path } json when json.Message.StartsWith("Duplicate property", StringComparison.Ordinal)
+                || json.Message.Contains("could not be mapped", StringComparison.Ordinal) =>
+                $"{bad.Message} The field at {path} is unknown or appears twice: the body holds data (a string) once, and nothing else.",
             JsonException { Path: { } path } json when json.Message.StartsWith("The JSON value could not be converted") =>
                 $"{bad.Message} The value at {path} has the wrong type (line {json.LineNumber}, byte {json.BytePositionInLine}).",
             JsonException json => $"{bad.Message} {json.Message}",

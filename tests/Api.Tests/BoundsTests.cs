@@ -332,4 +332,37 @@ public sealed class BoundsTests(ApiFactory api) : ApiTest(api)
         Assert.InRange(retryAfter, Math.Max(1, (int)Math.Floor(left) - 1), (int)Math.Ceiling(left) + 1);
         Assert.Equal("w1", await Api.ScalarAsync<string>("SELECT data FROM a ORDER BY id LIMIT 1"));
     }
+
+    [Fact]
+    public async Task On_sigterm_feeds_end_at_once_and_an_ingest_still_running_at_the_shutdown_timeout_is_rolled_back()
+    {
+        await Api.SeedAsync();
+        var before = await Api.SnapshotAsync();
+        await using var process = await ApiProcess.StartAsync(Api.ConnectionString,
+            ("Admin__ApiKey", "k"), ("Shutdown__TimeoutSeconds", "2"), ("Ingest__StallSeconds", "60"));
+        using var client = new HttpClient { BaseAddress = process.Address };
+        await using var feed = await Sse.OpenAsync(client);
+        Assert.Equal(HttpStatusCode.OK, feed.Response.StatusCode);
+
+        using var tcp = new TcpClient();
+        await tcp.ConnectAsync(process.Address.Host, process.Address.Port);
+        var stream = tcp.GetStream();
+        var lines = Encoding.UTF8.GetBytes(string.Concat(Enumerable.Range(0, 20_000).Select(i => $"{{\"data\": \"line {i}\"}}\n")));
+        await stream.WriteAsync(Encoding.ASCII.GetBytes("POST /a HTTP/1.1\r\nHost: localhost\r\nX-Api-Key: k\r\n"
+            + $"Content-Type: application/x-ndjson\r\nContent-Length: {lines.Length * 2}\r\n\r\n"));
+        await stream.WriteAsync(lines);
+        await EventuallyAsync("the ingest's transaction", async () => await Api.ScalarAsync<long>(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND xact_start IS NOT NULL "
+            + "AND backend_type = 'client backend' AND pid <> pg_backend_pid()") > 0);
+
+        // What an orchestrator does. The process is gone within the shutdown timeout (StopAsync waits 20 s at most,
+        // less than the 30 s default).
+        await process.StopAsync();
+        Assert.Empty(await feed.UntilEndAsync());
+        Assert.True(feed.Ended, "the feed's stream ended");
+        var answer = new byte[1024];
+        var n = await stream.ReadAsync(answer).AsTask().ContinueWith(t => t.IsCompletedSuccessfully ? t.Result : 0);
+        Assert.DoesNotContain("201", Encoding.ASCII.GetString(answer, 0, n));
+        Assert.Equal(before, await Api.SnapshotAsync());
+    }
 }

@@ -31,15 +31,19 @@ public static class AEndpoints
         a.MapGet("/", GetPage).WithName("GetAllA")
             .WithSummary("A page of A with their Bs, ordered by id (buffered eager load)")
             .WithDescription($"Keyset pages: at most `limit` A (default {Paging.DefaultLimit:N0}, at most {Paging.MaxLimit:N0}) with id "
-                + "greater than `after`, each with all its Bs. When more follow, the `Link` header holds the next page's URL "
-                + "(`rel=\"next\"`): follow it rather than building one. The last page has no `next`.")
+                + $"greater than `after`, each with all its Bs, and at most {Queries.MaxRows:N0} rows in all (a row per B, one for an A "
+                + "without Bs): a page whose rows run out ends with the last whole A. When more follow, the `Link` header holds the "
+                + "next page's URL (`rel=\"next\"`): follow it rather than building one. The last page has no `next`. An A with more "
+                + $"than {Queries.MaxRows:N0} Bs comes with its first {Queries.MaxRows:N0} and `\"bsHasMore\": true`; "
+                + "`GET /a/stream?after={id - 1}` has it whole.")
             .WithMetadata(Paging.Limit, Paging.After, Consistency.Token)
             .ProducesValidationProblem()
             .ReadLimited()
             .Timed();
         a.MapGet("/first", GetFirst).WithName("GetFirstA")
             .WithSummary("The first A (lowest id) with its Bs")
-            .WithDescription("Answers with a strong `ETag` (the row's version); `If-None-Match` with it gives 304.")
+            .WithDescription("Answers with a strong `ETag` (the row's version); `If-None-Match` with it gives 304. At most "
+                + $"{Queries.MaxRows:N0} of its Bs, with `\"bsHasMore\": true` when it has more (`GET /a/stream` has them all).")
             .WithMetadata(Consistency.Token)
             .Produces(StatusCodes.Status304NotModified)
             .ProducesValidationProblem()
@@ -110,7 +114,7 @@ public static class AEndpoints
             .ProducesProblem(StatusCodes.Status415UnsupportedMediaType)
             .WriteLimited()
             .Capped(slots => slots.Streams)
-            // A body of a gigabyte takes minutes to arrive; Kestrel's minimum data rate still drops a stalled client.
+            // A body of a gigabyte takes minutes to arrive; the minimum rate (NdJsonLines.MinRate) drops a stalled client.
             .DisableRequestTimeout();
 
         return routes;

@@ -90,10 +90,11 @@ public static class Queries
     /// </summary>
     static async IAsyncEnumerable<ADto> Group(AppDb db, IAsyncEnumerable<JoinedRow> source, [EnumeratorCancellation] CancellationToken ct)
     {
-        await using var rows = source.GetAsyncEnumerator(ct);
-        // Declared after the rows so that it is disposed before them, while the connection is still ours: disposing a
-        // registration waits for its callback, so no cancel request can reach the connection once it is back in the pool.
-        await using var stop = ct.Register(static db => ((AppDb)db!).CancelRunningQuery(), db);
+        // The token stops the query through StopQueryOn, not through the reads: given to them, it made each of 50 streams
+        // whose clients left at once throw ~19 exceptions on its way out, 0.2-0.3 s of CPU in all (issue 16).
+        await using var rows = source.GetAsyncEnumerator(CancellationToken.None);
+        // Declared after the rows so that it is disposed before them, while the connection is still ours.
+        await using var stop = db.StopQueryOn(ct);
         ADto? current = null;
         while (await rows.MoveNextAsync())
         {

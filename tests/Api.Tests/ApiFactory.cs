@@ -180,6 +180,11 @@ public sealed class ApiFactory : WebApplicationFactory<Program>, IAsyncLifetime
         return (T)(await new NpgsqlCommand(sql, conn).ExecuteScalarAsync())!;
     }
 
+    /// <summary>Transactions open on this collection's database now, but the caller's (an ingest's, say).</summary>
+    public Task<long> OpenTransactionsAsync() => ScalarAsync<long>(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND xact_start IS NOT NULL "
+        + "AND backend_type = 'client backend' AND pid <> pg_backend_pid()");
+
     public async Task ExecuteAsync(string sql)
     {
         await using var conn = new NpgsqlConnection(ConnectionString);

@@ -269,8 +269,7 @@ public sealed class BoundsTests(ApiFactory api) : ApiTest(api)
         Assert.Contains("Content-Type: application/problem+json", head);
         Assert.Contains("Connection: close", head);
 
-        await EventuallyAsync("no open transaction", async () => await Api.ScalarAsync<long>(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND xact_start IS NOT NULL AND pid <> pg_backend_pid()") == 0);
+        await EventuallyAsync("no open transaction", async () => await Api.OpenTransactionsAsync() == 0);
         Assert.Equal(before, await Api.SnapshotAsync());
     }
 
@@ -351,9 +350,7 @@ public sealed class BoundsTests(ApiFactory api) : ApiTest(api)
         await stream.WriteAsync(Encoding.ASCII.GetBytes("POST /a HTTP/1.1\r\nHost: localhost\r\nX-Api-Key: k\r\n"
             + $"Content-Type: application/x-ndjson\r\nContent-Length: {lines.Length * 2}\r\n\r\n"));
         await stream.WriteAsync(lines);
-        await EventuallyAsync("the ingest's transaction", async () => await Api.ScalarAsync<long>(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND xact_start IS NOT NULL "
-            + "AND backend_type = 'client backend' AND pid <> pg_backend_pid()") > 0);
+        await EventuallyAsync("the ingest's transaction", async () => await Api.OpenTransactionsAsync() > 0);
 
         // What an orchestrator does. The process is gone within the shutdown timeout (StopAsync waits 20 s at most,
         // less than the 30 s default).

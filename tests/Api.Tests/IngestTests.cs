@@ -124,9 +124,9 @@ public sealed class IngestTests(ApiFactory api) : ApiTest(api)
                 $"POST /a HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-ndjson\r\nContent-Length: {payload.Length * 2}\r\n\r\n"));
             await stream.WriteAsync(payload);
             // Hang up only once the ingest's transaction is under way on the server.
-            await EventuallyAsync("an open transaction", async () => await OpenTransactionsAsync() > 0);
+            await EventuallyAsync("an open transaction", async () => await Api.OpenTransactionsAsync() > 0);
         }
-        await EventuallyAsync("no open transaction", async () => await OpenTransactionsAsync() == 0);
+        await EventuallyAsync("no open transaction", async () => await Api.OpenTransactionsAsync() == 0);
         Assert.Equal(before, await Api.SnapshotAsync());
     }
 
@@ -156,7 +156,4 @@ public sealed class IngestTests(ApiFactory api) : ApiTest(api)
         Assert.Equal(HttpStatusCode.Created, (await client.PostAsync("/a", NdJson(Lines(5)))).StatusCode);
         Assert.Equal(5L, await Api.ScalarAsync<long>("SELECT count(*) FROM a"));
     }
-
-    Task<long> OpenTransactionsAsync() => Api.ScalarAsync<long>(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND xact_start IS NOT NULL AND pid <> pg_backend_pid()");
 }

@@ -84,7 +84,8 @@ public sealed class PagingTests(ApiFactory api) : ApiTest(api)
         var sql = Assert.Single(statements);
         Assert.Contains("LIMIT", sql);
         Assert.DoesNotContain("OFFSET", sql);
-        Assert.Contains("LEFT JOIN b", sql);
+        // b's rows are read from the page's first A on: PostgreSQL flattens the subquery EF Core writes for it.
+        Assert.Matches(@"LEFT JOIN \(\s*SELECT [^)]* FROM b AS b\s+WHERE b\.a_id > @after", sql);
     }
 
     [Fact]

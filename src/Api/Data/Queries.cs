@@ -115,9 +115,12 @@ public static class Queries
     /// <summary>One row per B (one for an A without Bs), the columns the wire needs and no others.</summary>
     record struct JoinedRow(int AId, string? AData, int? BId, string? BData);
 
+    // b.a_id > after says again what the join implies, so that PostgreSQL starts its scan of ix_b_a_id there: without it, a
+    // merge join read b's index from its first entry for every page, 37 ms for the last of 300,000 A against 0.8 ms
+    // with it (EXPLAIN ANALYZE of the generic plan; script/bench's last page against the first went from 5.4 to ~1).
     static readonly Func<AppDb, int, IAsyncEnumerable<JoinedRow>> RowsAfter = EF.CompileAsyncQuery((AppDb db, int after) =>
         from a in db.A.Where(a => a.Id > after)
-        from b in db.B.Where(b => b.AId == a.Id).DefaultIfEmpty()
+        from b in db.B.Where(b => b.AId == a.Id && b.AId > after).DefaultIfEmpty()
         orderby a.Id, b.Id
         select new JoinedRow(a.Id, a.Data, b.Id, b.Data));
 
@@ -126,7 +129,7 @@ public static class Queries
 
     static readonly Func<AppDb, int, int, int, IAsyncEnumerable<PageRow>> PageRows = EF.CompileAsyncQuery((AppDb db, int after, int take, int rows) =>
         (from a in db.A.Where(a => a.Id > after).OrderBy(a => a.Id).Take(take)
-         from b in db.B.Where(b => b.AId == a.Id).DefaultIfEmpty()
+         from b in db.B.Where(b => b.AId == a.Id && b.AId > after).DefaultIfEmpty()
          orderby a.Id, b.Id
          select new PageRow(a.Id, a.Data, EF.Property<uint>(a, AppDb.Version), b.Id, b.Data)).Take(rows));
 

@@ -54,29 +54,32 @@ public static class NdJsonLines
         var text = new byte[4096];
         ReadResult read = default;
         var reading = false;
-        // Only the time spent waiting for the client counts, not the time the COPY keeps the reading waiting.
-        using var stalled = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        // Only the time spent waiting for the client counts, not the time the COPY keeps the reading waiting; and a read
+        // that data already answers costs no timer: the watchdog is armed only while a read waits.
+        using var watchdog = new Timer(static reader => ((PipeReader)reader!).CancelPendingRead(), body, Timeout.Infinite, Timeout.Infinite);
         var (waited, received, left) = (TimeSpan.Zero, 0L, 0L);
         try
         {
             while (true)
             {
-                var start = Stopwatch.GetTimestamp();
-                stalled.CancelAfter(TimeSpan.FromTicks(Math.Max(1, (rate.Window - waited).Ticks)));
-                try
+                var pending = body.ReadAsync(ct);
+                if (!pending.IsCompleted)
                 {
-                    read = await body.ReadAsync(stalled.Token);
+                    var start = Stopwatch.GetTimestamp();
+                    watchdog.Change(TimeSpan.FromTicks(Math.Max(1, (rate.Window - waited).Ticks)), Timeout.InfiniteTimeSpan);
+                    read = await pending;
+                    watchdog.Change(Timeout.Infinite, Timeout.Infinite);
+                    waited += Stopwatch.GetElapsedTime(start);
                 }
-                catch (OperationCanceledException) when (!ct.IsCancellationRequested)
-                {
+                else
+                    read = await pending;
+                if (read.IsCanceled)
                     throw new BadHttpRequestException($"The body came slower than {rate.BytesPerSecond:N0} bytes a second for "
                         + $"{rate.Window.TotalSeconds:0.#} s, after {number:N0} lines; nothing was added. Send it again.",
                         StatusCodes.Status408RequestTimeout);
-                }
-                stalled.CancelAfter(Timeout.InfiniteTimeSpan);
                 reading = true;
                 var buffer = read.Buffer;
-                (waited, received) = (waited + Stopwatch.GetElapsedTime(start), received + buffer.Length - left);
+                received += buffer.Length - left;
                 if (received >= rate.BytesPerSecond * rate.Window.TotalSeconds)
                     (waited, received) = (TimeSpan.Zero, 0);
                 while (buffer.PositionOf((byte)'\n') is { } end)

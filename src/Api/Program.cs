@@ -2,6 +2,7 @@ using AsyncOrmApi;
 using AsyncOrmApi.Data;
 using AsyncOrmApi.Endpoints;
 using AsyncOrmApi.Http;
+using AsyncOrmApi.Idempotency;
 
 var builder = WebApplication.CreateBuilder(args);
 
@@ -21,11 +22,15 @@ builder.AddTelemetry();
 // Limits: per-client rate limits and request timeouts.
 builder.AddLimits();
 
+// Exactly-once writes: Idempotency-Key, its answers stored with the writes in PostgreSQL.
+builder.AddIdempotency();
+
 var app = builder.Build();
 
 app.UseTelemetry();
 app.UseProblems();
 app.UseLimits();
+app.UseIdempotency();
 app.UseApiDocs();
 
 await app.PrepareDatabaseAsync();

@@ -1,4 +1,5 @@
 using Microsoft.EntityFrameworkCore;
+using Microsoft.EntityFrameworkCore.Storage;
 
 namespace AsyncOrmApi.Data;
 
@@ -25,6 +26,21 @@ public sealed partial class AppDb(DbContextOptions<AppDb> options) : DbContext(o
 
     public DbSet<A> A => Set<A>();
     public DbSet<B> B => Set<B>();
+
+    /// <summary>
+    /// Begins a write's transaction, or joins the one already open: a write sent with an Idempotency-Key runs in the
+    /// transaction its answer is stored in, which commits the two together (Idempotency/IdempotentWrites.cs).
+    /// </summary>
+    public async Task<WriteTransaction> BeginWriteAsync(CancellationToken ct) =>
+        Database.CurrentTransaction is null ? new(await Database.BeginTransactionAsync(ct)) : default;
+
+    /// <summary>A write's own transaction, or nothing when it joined another: then the other's owner commits.</summary>
+    public readonly struct WriteTransaction(IDbContextTransaction? own) : IAsyncDisposable
+    {
+        public bool Joined => own is null;
+        public Task CommitAsync(CancellationToken ct) => own?.CommitAsync(ct) ?? Task.CompletedTask;
+        public ValueTask DisposeAsync() => own?.DisposeAsync() ?? ValueTask.CompletedTask;
+    }
 
     protected override void OnModelCreating(ModelBuilder model)
     {

@@ -18,7 +18,8 @@ public static class Schema
         var script = db.Database.GenerateCreateScript()
             .Replace("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ")
             .Replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ");
-        await RunLockedAsync(db, script, ct);
+        // What the API keeps for itself (the answers of idempotent writes) is in a schema of its own, never in public.
+        await RunLockedAsync(db, script + "\n" + Idempotency.IdempotencyStore.CreateSql, ct);
     }
 
     /// <summary>Drops the model's two tables (only those, dependent first) and creates them again, in one transaction.</summary>
@@ -57,11 +58,30 @@ public static class Schema
 
     static async Task RunLockedAsync(AppDb db, string sql, CancellationToken ct, string? lockTimeout = null)
     {
-        await using var tx = await db.Database.BeginTransactionAsync(ct);
-        if (lockTimeout is not null)
-            await db.Database.ExecuteSqlAsync($"SELECT set_config('lock_timeout', {lockTimeout}, true)", ct);
-        await db.Database.ExecuteSqlAsync($"SELECT pg_advisory_xact_lock({LockKey})", ct);
-        await db.Database.ExecuteSqlRawAsync(sql, ct);
+        await using var tx = await db.BeginWriteAsync(ct);
+        // Joined (a reset sent with an Idempotency-Key): an attempt that fails must not abort the transaction its key is
+        // stored in, so it is rolled back to a savepoint; and its short lock_timeout ends with it.
+        var outer = tx.Joined ? db.Database.CurrentTransaction : null;
+        if (outer is not null)
+        {
+            await outer.CreateSavepointAsync(Attempt, ct);
+            if (lockTimeout is not null)
+                sql += "\nSET LOCAL lock_timeout TO DEFAULT;";
+        }
+        try
+        {
+            if (lockTimeout is not null)
+                await db.Database.ExecuteSqlAsync($"SELECT set_config('lock_timeout', {lockTimeout}, true)", ct);
+            await db.Database.ExecuteSqlAsync($"SELECT pg_advisory_xact_lock({LockKey})", ct);
+            await db.Database.ExecuteSqlRawAsync(sql, ct);
+        }
+        catch (PostgresException) when (outer is not null)
+        {
+            await outer.RollbackToSavepointAsync(Attempt, ct);
+            throw;
+        }
         await tx.CommitAsync(ct);
     }
+
+    const string Attempt = "reset_attempt";
 }

@@ -37,7 +37,7 @@ public static class SeedGraph
         var bsPerA = graph.Select(a => a.Bs.Count).ToArray();
         // A million copies are eight million rows: minutes, not the default 30 seconds.
         db.Database.SetCommandTimeout(TimeSpan.FromMinutes(10));
-        await using var tx = await db.Database.BeginTransactionAsync(ct);
+        await using var tx = await db.BeginWriteAsync(ct);
         await db.Database.ExecuteSqlAsync($"""
             WITH graph AS (
                 SELECT * FROM unnest({data}::varchar[], {bsPerA}::int[]) WITH ORDINALITY AS g(data, bs, pos)

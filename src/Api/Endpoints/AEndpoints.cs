@@ -1,5 +1,6 @@
 using AsyncOrmApi.Data;
 using AsyncOrmApi.Http;
+using AsyncOrmApi.Idempotency;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.AspNetCore.Mvc;
 using Microsoft.EntityFrameworkCore;
@@ -91,14 +92,15 @@ public static class AEndpoints
             .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
             .ProducesProblem(StatusCodes.Status415UnsupportedMediaType)
             .WriteLimited()
-            .Timed();
+            .Timed()
+            .Idempotent();
 
         // It adds data like POST /seed, so it takes the admin key like POST /seed.
         var config = routes.ServiceProvider.GetRequiredService<IConfiguration>();
         var maxIngest = config.GetValue(MaxIngestBytesSetting, DefaultMaxIngestBytes);
         var minRate = NdJsonLines.MinRate.From(config);
-        a.MapGroup("").RequireAdminKey("POST /a").MapPost("/", (HttpRequest request, AppDb db, HttpResponse response, CancellationToken ct) =>
-            Ingest(request, minRate, db, response, ct)).WithName("IngestA")
+        a.MapGroup("").RequireAdminKey("POST /a").MapPost("/", (HttpRequest request, AppDb db, CancellationToken ct) =>
+            Ingest(request, minRate, db, ct)).WithName("IngestA")
             .WithSummary("Adds many A with their Bs from an NDJSON body, all or nothing")
             .WithDescription("One A per line, `{\"data\": \"x\", \"bs\": [{\"data\": \"y\"}, {\"data\": null}]}` (`bs` optional), "
                 + "sent as `application/x-ndjson`. Lines are copied into PostgreSQL (binary COPY) as they arrive, in one "
@@ -114,6 +116,7 @@ public static class AEndpoints
             .ProducesProblem(StatusCodes.Status415UnsupportedMediaType)
             .WriteLimited()
             .Capped(slots => slots.Streams)
+            .Idempotent(streamedBody: true)
             // A body of a gigabyte takes minutes to arrive; the minimum rate (NdJsonLines.MinRate) drops a stalled client.
             .DisableRequestTimeout();
 
@@ -191,7 +194,7 @@ public static class AEndpoints
         // One statement changes exactly one column of one row, checking the version in the same WHERE, so
         // no concurrent writer can slip between check and write. The answer is read back in the same
         // transaction: the UPDATE's row lock keeps it equal to what was written.
-        await using var tx = await db.Database.BeginTransactionAsync(ct);
+        await using var tx = await db.BeginWriteAsync(ct);
         var updated = await db.A
             .Where(a => a.Id == db.A.Min(x => x.Id)
                 && (accepted == null || accepted.Contains(EF.Property<uint>(a, AppDb.Version))))
@@ -202,19 +205,17 @@ public static class AEndpoints
         if (updated == 0)
             return Problems.VersionChanged();
         await tx.CommitAsync(ct);
-        await Consistency.SetAsync(db, response, ct);
         return TypedResults.Ok(first.A);
     }
 
     static async Task<Results<Created<RowCounts>, ProblemHttpResult>> Ingest(HttpRequest request, NdJsonLines.MinRate minRate, AppDb db,
-        HttpResponse response, CancellationToken ct)
+        CancellationToken ct)
     {
         if (!NdJsonLines.IsNdJson(request))
             return Problems.NotNdJson();
         var (a, b) = await db.AddAllAsync(NdJsonLines.ReadAsync(request.BodyReader, minRate, ct), ct);
         if (a == 0)
             return Problems.EmptyBody();
-        await Consistency.SetAsync(db, response, ct);
         return TypedResults.Created("/a", new RowCounts(a, b));
     }
 }

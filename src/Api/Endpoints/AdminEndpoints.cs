@@ -1,5 +1,6 @@
 using AsyncOrmApi.Data;
 using AsyncOrmApi.Http;
+using AsyncOrmApi.Idempotency;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Npgsql;
 
@@ -24,7 +25,8 @@ public static class AdminEndpoints
         var admin = routes.MapGroup("/").WithTags("Admin").RequireAdminKey("POST /reset, POST /seed")
             .ProducesProblem(StatusCodes.Status503ServiceUnavailable)
             .WriteLimited()
-            .Timed();
+            .Timed()
+            .Idempotent();
 
         admin.MapPost("/reset", (AppDb db, HttpResponse response, CancellationToken ct) => Reset(db, lockWait, response, ct)).WithName("Reset")
             .WithSummary("Drops and creates the tables a and b (all rows are lost)")
@@ -53,17 +55,15 @@ public static class AdminEndpoints
         {
             return Problems.TablesBusy(response, lockWait);
         }
-        await Consistency.SetAsync(db, response, ct);
         return TypedResults.NoContent();
     }
 
-    static async Task<Results<Created<RowCounts>, ValidationProblem>> Seed(AppDb db, HttpResponse response, CancellationToken ct, int count = 1)
+    static async Task<Results<Created<RowCounts>, ValidationProblem>> Seed(AppDb db, CancellationToken ct, int count = 1)
     {
         if (count is < 1 or > MaxCopies)
             return Problems.Invalid(Count.Name, $"{Count.Rule} It was {count}.");
 
         var (a, b) = await db.AddCopiesAsync(count, ct);
-        await Consistency.SetAsync(db, response, ct);
         return TypedResults.Created("/a", new RowCounts(a, b));
     }
 }

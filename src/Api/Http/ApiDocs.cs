@@ -30,6 +30,7 @@ public static class ApiDocs
             o.OperationFilter<AdminKeyRequirement>();
             o.OperationFilter<ParameterRules>();
             o.OperationFilter<ResponseHeaders>();
+            o.OperationFilter<IdempotencyKeys>();
             o.DocumentFilter<TagDescriptions>();
         });
         return services;
@@ -58,6 +59,32 @@ public static class ApiDocs
             foreach (var parameter in operation.Parameters?.OfType<OpenApiParameter>() ?? [])
                 if (rules.FirstOrDefault(r => r.Name == parameter.Name) is { } rule)
                     parameter.Description = rule.Rule;
+        }
+    }
+
+    /// <summary>The writes that take <c>Idempotency-Key</c>: the header, and what a replay answers.</summary>
+    sealed class IdempotencyKeys : IOperationFilter
+    {
+        public void Apply(OpenApiOperation operation, OperationFilterContext context)
+        {
+            if (!context.ApiDescription.ActionDescriptor.EndpointMetadata.OfType<Idempotency.IdempotentMetadata>().Any())
+                return;
+            (operation.Parameters ??= []).Add(new OpenApiParameter
+            {
+                Name = Idempotency.IdempotencyKey.Header,
+                In = ParameterLocation.Header,
+                Description = Idempotency.IdempotencyKey.Rule.Rule + " A key is kept for Idempotency:Retention (a day by default); "
+                    + "409 while the first request with it still runs. Without it, the write runs every time it is sent.",
+                Schema = new OpenApiSchema { Type = JsonSchemaType.String, MinLength = 1, MaxLength = Idempotency.IdempotencyKey.MaxLength },
+            });
+            foreach (var (code, response) in operation.Responses ?? [])
+                if (response is OpenApiResponse r && code.StartsWith('2'))
+                    (r.Headers ??= new Dictionary<string, IOpenApiHeader>())[Idempotency.StoredAnswer.ReplayedHeader] = new OpenApiHeader
+                    {
+                        Description = "`true` on a retry's answer: the stored answer of the first request with this Idempotency-Key, "
+                            + "byte for byte; nothing was written again.",
+                        Schema = new OpenApiSchema { Type = JsonSchemaType.String },
+                    };
         }
     }
 
@@ -94,7 +121,7 @@ public static class ApiDocs
                     (r.Headers ??= new Dictionary<string, IOpenApiHeader>())[Consistency.Header] = Header(
                         "The WAL position of this write's commit. Send it back in the request header of the same name to read this "
                         + "write even from a standby that lags.");
-                if (code is "429" or "503")
+                if (code is "409" && context.ApiDescription.HttpMethod != "GET" || code is "429" or "503")
                     (r.Headers ??= new Dictionary<string, IOpenApiHeader>())["Retry-After"] = Header(
                         "Seconds to wait before trying again.");
             }

@@ -156,6 +156,22 @@ public static class Problems
     public static ProblemHttpResult ChangeFeedUnavailable(string why) =>
         TypedResults.Problem(statusCode: StatusCodes.Status503ServiceUnavailable, title: "Change feed unavailable", detail: why);
 
+    /// <summary>How long a retry should wait for the first request of its <c>Idempotency-Key</c> to finish.</summary>
+    const int KeyInUseRetryAfterSeconds = 1;
+
+    public static ProblemHttpResult KeyInUse(HttpResponse response)
+    {
+        response.Headers.RetryAfter = KeyInUseRetryAfterSeconds.ToString();
+        return TypedResults.Problem(statusCode: StatusCodes.Status409Conflict, title: "A request with this Idempotency-Key is running",
+            detail: "The first request with this Idempotency-Key has not finished yet; nothing was done. Try again in "
+                + $"{KeyInUseRetryAfterSeconds} second with the same key: once it has finished, its answer is replayed.");
+    }
+
+    public static ProblemHttpResult KeyReused() =>
+        TypedResults.Problem(statusCode: StatusCodes.Status422UnprocessableEntity, title: "Idempotency-Key used for another request",
+            detail: "This Idempotency-Key was first sent with another request (method, path, query, body, or the headers "
+                + "Content-Type, If-Match and Prefer); nothing was done. A key stands for one request: send a new key for a new one.");
+
     public static ValidationProblem Invalid(string field, string message) =>
         TypedResults.ValidationProblem(new Dictionary<string, string[]> { [field] = [message] },
             detail: message);

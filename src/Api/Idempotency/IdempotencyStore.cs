@@ -1,0 +1,138 @@
+using System.Text.Json;
+using AsyncOrmApi.Data;
+using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Options;
+using Npgsql;
+using NpgsqlTypes;
+
+namespace AsyncOrmApi.Idempotency;
+
+/// <summary>
+/// The keys and their answers, in the API's own schema (never <c>public</c>, which holds the seed's tables only), written
+/// in the transaction of the write they answer: they commit together, replicate together to a synchronous standby, or
+/// vanish together (a transactional outbox's rule).
+/// </summary>
+public static class IdempotencyStore
+{
+    public const string Schema = "asyncormapi";
+    public const string Table = Schema + ".idempotency_keys";
+
+    /// <summary>Creates the schema and table when missing (at start-up, beside the seed's tables).</summary>
+    public static readonly string CreateSql = $"""
+        CREATE SCHEMA IF NOT EXISTS {Schema};
+        CREATE TABLE IF NOT EXISTS {Table} (
+            key varchar({IdempotencyKey.MaxLength}) PRIMARY KEY,
+            fingerprint bytea NOT NULL,
+            status smallint NOT NULL,
+            headers jsonb NOT NULL,
+            body bytea NOT NULL,
+            created_at timestamptz NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS idempotency_keys_created_at ON {Table} (created_at);
+        COMMENT ON TABLE {Table} IS 'AsyncOrmApi: the answers of writes sent with an Idempotency-Key, kept for Idempotency:Retention.';
+        """;
+
+    /// <summary>A key's state, seen from inside the transaction that claimed it.</summary>
+    public abstract record Claim
+    {
+        /// <summary>Another request with this key is still running (its transaction holds the key's lock).</summary>
+        public sealed record Running : Claim;
+        /// <summary>No live answer: this request runs, and its answer is stored in this transaction.</summary>
+        public sealed record New : Claim;
+        public sealed record Answered(byte[] Fingerprint, StoredAnswer Answer) : Claim;
+    }
+
+    /// <summary>
+    /// Takes the key's lock for this transaction, without waiting, and reads its answer if one is kept: one round trip,
+    /// two statements, so that the read's snapshot is taken after the lock (in one statement it would be taken before,
+    /// and miss the answer of a request that committed in between).
+    /// </summary>
+    /// <remarks>
+    /// The lock is an advisory one on a 64-bit hash of the key: every API process on this database sees it, it ends with
+    /// the transaction, and a crash or failover releases it. Two keys of one hash would only make one wait with a 409.
+    /// </remarks>
+    public static async Task<Claim> ClaimAsync(AppDb db, IdempotencyKey key, TimeSpan retention, CancellationToken ct)
+    {
+        var connection = (NpgsqlConnection)db.Database.GetDbConnection();
+        await using var batch = new NpgsqlBatch(connection)
+        {
+            BatchCommands =
+            {
+                new("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))") { Parameters = { new() { Value = key.Value } } },
+                new($"SELECT fingerprint, status, headers::text, body FROM {Table} WHERE key = $1 AND created_at > now() - $2")
+                {
+                    Parameters = { new() { Value = key.Value }, new() { Value = retention, NpgsqlDbType = NpgsqlDbType.Interval } },
+                },
+            },
+        };
+        await using var reader = await batch.ExecuteReaderAsync(ct);
+        await reader.ReadAsync(ct);
+        if (!reader.GetBoolean(0))
+            return new Claim.Running();
+        await reader.NextResultAsync(ct);
+        if (!await reader.ReadAsync(ct))
+            return new Claim.New();
+        var headers = JsonSerializer.Deserialize<Dictionary<string, string>>(reader.GetString(2))!;
+        return new Claim.Answered((byte[])reader[0], new StoredAnswer(reader.GetInt16(1), headers, (byte[])reader[3], replayed: true));
+    }
+
+    /// <summary>Stores the answer under the key, in the write's transaction (an expired answer of the same key is replaced).</summary>
+    public static async Task StoreAsync(AppDb db, IdempotencyKey key, byte[] fingerprint, StoredAnswer answer, CancellationToken ct)
+    {
+        await using var insert = new NpgsqlCommand($"""
+            INSERT INTO {Table} (key, fingerprint, status, headers, body, created_at)
+            VALUES ($1, $2, $3, $4, $5, statement_timestamp())
+            ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, status = excluded.status,
+                headers = excluded.headers, body = excluded.body, created_at = excluded.created_at
+            """, (NpgsqlConnection)db.Database.GetDbConnection())
+        {
+            Parameters =
+            {
+                new() { Value = key.Value },
+                new() { Value = fingerprint },
+                new() { Value = (short)answer.Status },
+                new() { Value = JsonSerializer.Serialize(answer.Headers), NpgsqlDbType = NpgsqlDbType.Jsonb },
+                new() { Value = answer.Body },
+            },
+        };
+        await insert.ExecuteNonQueryAsync(ct);
+    }
+
+    /// <summary>
+    /// Deletes expired keys in the background, a thousand at a time so that no statement holds many row locks or runs
+    /// long: a key past its retention is already ignored by <see cref="ClaimAsync"/>, so this only reclaims the space.
+    /// </summary>
+    public sealed class ExpiredKeys(IServiceScopeFactory scopes, IOptions<IdempotencyOptions> options, ILogger<ExpiredKeys> log)
+        : BackgroundService
+    {
+        const int Batch = 1000;
+
+        protected override async Task ExecuteAsync(CancellationToken stop)
+        {
+            var retention = options.Value.Retention;
+            var period = TimeSpan.FromTicks(Math.Clamp(retention.Ticks / 4, TimeSpan.TicksPerSecond, TimeSpan.TicksPerMinute * 10));
+            using var timer = new PeriodicTimer(period);
+            while (await timer.WaitForNextTickAsync(stop))
+            {
+                try
+                {
+                    await using var scope = scopes.CreateAsyncScope();
+                    var db = scope.ServiceProvider.GetRequiredService<AppDb>();
+                    int deleted;
+                    do
+                        deleted = await db.Database.ExecuteSqlAsync($"""
+                            DELETE FROM asyncormapi.idempotency_keys WHERE key IN (
+                                SELECT key FROM asyncormapi.idempotency_keys WHERE created_at <= now() - {retention}
+                                ORDER BY created_at LIMIT {Batch} FOR UPDATE SKIP LOCKED)
+                            """, stop);
+                    while (deleted == Batch);
+                }
+                catch (Exception e) when (!stop.IsCancellationRequested)
+                {
+                    // PostgreSQL away (or the schema not there yet): the next tick tries again.
+                    log.LogDebug(e, "Deleting expired idempotency keys failed");
+                }
+            }
+        }
+    }
+}

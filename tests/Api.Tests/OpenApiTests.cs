@@ -19,14 +19,14 @@ public sealed class OpenApiTests(ApiFactory api) : ApiTest(api)
 
         string[][] expected =
         [
-            ["/reset", "post", "Admin", "204 401 403 429 503 504"],
-            ["/seed", "post", "Admin", "201 400 401 403 429 503 504"],
+            ["/reset", "post", "Admin", "204 400 401 403 409 422 429 503 504"],
+            ["/seed", "post", "Admin", "201 400 401 403 409 422 429 503 504"],
             ["/a", "get", "A", "200 400 429 503 504"],
-            ["/a", "post", "A", "201 400 401 403 408 413 415 429 503"],
+            ["/a", "post", "A", "201 400 401 403 408 409 413 415 422 429 503"],
             ["/a/first", "get", "A", "200 304 400 404 429 503 504"],
             ["/a/stream", "get", "A", "200 400 429 503"],
             ["/a/changes", "get", "A", "200 400 409 429 503"],
-            ["/a/first", "patch", "A", "200 400 404 412 413 415 429 503 504"],
+            ["/a/first", "patch", "A", "200 400 404 409 412 413 415 422 429 503 504"],
         ];
         var paths = doc.GetProperty("paths");
         Assert.Equal(expected.Select(e => e[0]).Distinct().Order(), paths.EnumerateObject().Select(p => p.Name).Order());
@@ -75,6 +75,17 @@ public sealed class OpenApiTests(ApiFactory api) : ApiTest(api)
         foreach (var (path, method, code) in new[] { ("/a/first", "patch", "200"), ("/a", "post", "201"), ("/seed", "post", "201"), ("/reset", "post", "204") })
             Assert.True(paths.GetProperty(path).GetProperty(method).GetProperty("responses").GetProperty(code).GetProperty("headers")
                 .TryGetProperty("Consistency-Token", out _), $"{method} {path} {code} documents Consistency-Token");
+
+        // Exactly-once writes: every write takes Idempotency-Key and says what a replay answers.
+        foreach (var (path, method, code) in new[] { ("/a/first", "patch", "200"), ("/a", "post", "201"), ("/seed", "post", "201"), ("/reset", "post", "204") })
+        {
+            var op = paths.GetProperty(path).GetProperty(method);
+            Assert.Contains(op.GetProperty("parameters").EnumerateArray(), p => p.GetProperty("name").GetString() == "Idempotency-Key"
+                && p.GetProperty("in").GetString() == "header" && p.GetProperty("description").GetString()!.StartsWith("Idempotency-Key must be"));
+            Assert.True(op.GetProperty("responses").GetProperty(code).GetProperty("headers").TryGetProperty("Idempotent-Replayed", out _));
+            Assert.True(op.GetProperty("responses").GetProperty("409").GetProperty("headers").TryGetProperty("Retry-After", out _));
+            Assert.Contains("another request", op.GetProperty("responses").GetProperty("422").GetProperty("description").GetString());
+        }
 
         // The change feed: an event stream, resumable by header or query, 409 when it cannot resume.
         var changes = paths.GetProperty("/a/changes").GetProperty("get");

@@ -78,13 +78,21 @@ public static class ApiDocs
                 Schema = new OpenApiSchema { Type = JsonSchemaType.String, MinLength = 1, MaxLength = Idempotency.IdempotencyKey.MaxLength },
             });
             foreach (var (code, response) in operation.Responses ?? [])
-                if (response is OpenApiResponse r && code.StartsWith('2'))
+            {
+                if (response is not OpenApiResponse r)
+                    continue;
+                if (code == "409")
+                    r.Description = "A request with this Idempotency-Key is still running: nothing was done; retry after Retry-After.";
+                if (code == "422")
+                    r.Description = "This Idempotency-Key was sent before with another request: nothing was done.";
+                if (code.StartsWith('2'))
                     (r.Headers ??= new Dictionary<string, IOpenApiHeader>())[Idempotency.StoredAnswer.ReplayedHeader] = new OpenApiHeader
                     {
                         Description = "`true` on a retry's answer: the stored answer of the first request with this Idempotency-Key, "
                             + "byte for byte; nothing was written again.",
                         Schema = new OpenApiSchema { Type = JsonSchemaType.String },
                     };
+            }
         }
     }
 

@@ -16,7 +16,7 @@ public readonly record struct IdempotencyKey(string Value)
         + "logical operation, a UUID say. A retry with the same key and the same request replays the first answer "
         + "(Idempotent-Replayed: true) instead of running again; the same key with another request is 422.");
 
-    /// <summary>The key a request sent; false when the header is empty, repeated or not the rule's form.</summary>
+    /// <summary>The key a request sent; false when the header is empty, repeated, a broken quoted string or not the rule's form.</summary>
     public static bool TryParse(StringValues header, out IdempotencyKey key)
     {
         key = default;
@@ -37,6 +37,8 @@ public readonly record struct IdempotencyKey(string Value)
             }
             text = inner.ToString();
         }
+        else if (text.StartsWith('"'))
+            return false;
         if (text.Length is 0 or > MaxLength || text.Any(c => c is < ' ' or > '~'))
             return false;
         key = new IdempotencyKey(text);

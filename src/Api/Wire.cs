@@ -25,16 +25,23 @@ public sealed record PatchA(string? Data);
 /// <summary>How many rows <c>POST /seed</c> or <c>POST /a</c> added.</summary>
 public sealed record RowCounts(long A, long B);
 
+/// <summary>What <c>POST /a</c> with a resolution preference did to each table's rows.</summary>
+public sealed record SyncCounts(RowChangeCounts A, RowChangeCounts B);
+
+/// <summary>Rows inserted, updated, and named but left as they were (equal, or kept by ignore-duplicates).</summary>
+public sealed record RowChangeCounts(long Inserted, long Updated, long Unchanged);
+
 /// <summary>
-/// One line of a <c>POST /a</c> body: a new A and its new Bs; the ids come from the tables' sequences. It documents
-/// the line; <see cref="Http.NdJsonLines"/> reads lines straight into batches, without an object per line.
+/// One line of a <c>POST /a</c> body: an A and its Bs, as a line of <c>GET /a/stream</c>'s NDJSON; without ids they
+/// come from the tables' sequences. It documents the line; <see cref="Http.NdJsonLines"/> reads lines straight into
+/// batches, without an object per line.
 /// </summary>
 [JsonUnmappedMemberHandling(JsonUnmappedMemberHandling.Disallow)]
-public sealed record NewA(string? Data, List<NewB>? Bs);
+public sealed record NewA(int? Id, string? Data, List<NewB>? Bs);
 
-/// <summary>A new B inside a <see cref="NewA"/> line.</summary>
+/// <summary>A B inside a <see cref="NewA"/> line; its <c>aId</c>, when given, is the id of that A.</summary>
 [JsonUnmappedMemberHandling(JsonUnmappedMemberHandling.Disallow)]
-public sealed record NewB(string? Data);
+public sealed record NewB(int? Id, int? AId, string? Data);
 
 /// <summary>Answer of the health probes.</summary>
 public sealed record HealthStatus(string Status);
@@ -48,6 +55,7 @@ public sealed record HealthStatus(string Status);
 [JsonSerializable(typeof(List<ADto>))]
 [JsonSerializable(typeof(PatchA))]
 [JsonSerializable(typeof(RowCounts))]
+[JsonSerializable(typeof(SyncCounts))]
 [JsonSerializable(typeof(HealthStatus))]
 [JsonSerializable(typeof(ProblemDetails))]
 [JsonSerializable(typeof(HttpValidationProblemDetails))]

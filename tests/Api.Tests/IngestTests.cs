@@ -70,7 +70,7 @@ public sealed class IngestTests(ApiFactory api) : ApiTest(api)
         { 4, """{"data": "x", "bs": [{"data": "nul\u0000"}]}""", "$.bs[0].data" },
         { 9, """{"data": "x", "bs": {"data": "y"}}""", "$.bs" },
         { 5, """{"data": "x", "bs": [{"data": "y", "bs": []}]}""", "$.bs[0].bs" },
-        { 6, """{"id": 7, "data": "x"}""", "$.id" },
+        { 6, """{"id": 7, "data": "x"}""", "names an id, but line 1 named none" },
         { 8, """{"data": "lone \ud800 surrogate"}""", "$.data" },
         { 10, """null""", "null" },
         { 11, """["x"]""", "$" },

@@ -5,8 +5,9 @@ using System.Text;
 namespace AsyncOrmApi.Data;
 
 /// <summary>
-/// A batch of new A and their Bs, as the UTF-8 text of their <c>data</c>, packed into two pooled buffers: per A
-/// its B count and data, then every B's data in line order; a length of -1 is null. Objects per line would
+/// A batch of A and their Bs, as their ids (0: none given, the sequences give them) and the UTF-8 text of their
+/// <c>data</c>, packed into two pooled buffers: per A its B count, id, line number and data, then every B's id and
+/// data in line order; a length of -1 is null. Objects per line would
 /// live from parsing to COPY, long enough to be promoted by the GC and grow the heap with the body's size
 /// (57 MB growth over a 1,000,000-line ingest in script/bench); pooled bytes do not.
 /// </summary>
@@ -20,15 +21,23 @@ public sealed class NewRows : IDisposable
 
     public int A { get; private set; }
     public int B { get; private set; }
+
+    /// <summary>How many Bs the last A has.</summary>
+    public int LastBs => BinaryPrimitives.ReadInt32LittleEndian(_as.AsSpan(_countAt));
     public int Bytes => _aLength + _bLength;
 
-    /// <summary>Starts the next A; its data (once at most) and its Bs follow in any order, then <see cref="EndA"/>.</summary>
-    public void StartA()
+    /// <summary>Starts the next A, of line <paramref name="line"/>; its id, data (once at most) and Bs follow, then <see cref="EndA"/>.</summary>
+    public void StartA(int line)
     {
         _countAt = _aLength;
         _hasData = false;
         Append(ref _as, ref _aLength, 0);
+        Append(ref _as, ref _aLength, 0);
+        Append(ref _as, ref _aLength, line);
     }
+
+    /// <summary>The A's own id, from its line.</summary>
+    public void SetId(int id) => BinaryPrimitives.WriteInt32LittleEndian(_as.AsSpan(_countAt + sizeof(int)), id);
 
     public void SetData(ReadOnlySpan<byte> utf8)
     {
@@ -42,12 +51,13 @@ public sealed class NewRows : IDisposable
         _hasData = true;
     }
 
-    public void AddB(ReadOnlySpan<byte> utf8) => AddB(utf8, isNull: false);
+    public void AddB(int id, ReadOnlySpan<byte> utf8) => AddB(id, utf8, isNull: false);
 
-    public void AddNullB() => AddB(default, isNull: true);
+    public void AddNullB(int id) => AddB(id, default, isNull: true);
 
-    void AddB(ReadOnlySpan<byte> utf8, bool isNull)
+    void AddB(int id, ReadOnlySpan<byte> utf8, bool isNull)
     {
+        Append(ref _bs, ref _bLength, id);
         if (isNull)
             Append(ref _bs, ref _bLength, -1);
         else
@@ -67,33 +77,40 @@ public sealed class NewRows : IDisposable
     // The text of the value being read, decoded into one reused buffer rather than a string per value.
     char[] _text = [];
 
-    /// <summary>The A in order: each one's data (valid until the next item) and how many Bs it has.</summary>
-    public IEnumerable<(ReadOnlyMemory<char>? Data, int Bs)> As()
+    /// <summary>The A in order: each one's id (0: none given), line, data (valid until the next item) and how many Bs it has.</summary>
+    public IEnumerable<(int Id, int Line, ReadOnlyMemory<char>? Data, int Bs)> As()
     {
         for (int at = 0, i = 0; i < A; i++)
         {
             var bs = Read(_as, ref at);
-            yield return (Text(_as, ref at), bs);
+            var id = Read(_as, ref at);
+            var line = Read(_as, ref at);
+            yield return (id, line, Text(_as, ref at), bs);
         }
     }
 
-    /// <summary>How many Bs each A has, in order.</summary>
-    public IEnumerable<int> BCounts()
+    /// <summary>Each A's id, line and number of Bs, in order, without decoding its data.</summary>
+    public IEnumerable<(int Id, int Line, int Bs)> Heads()
     {
         for (int at = 0, i = 0; i < A; i++)
         {
             var bs = Read(_as, ref at);
+            var id = Read(_as, ref at);
+            var line = Read(_as, ref at);
             var length = Read(_as, ref at);
             at += Math.Max(0, length);
-            yield return bs;
+            yield return (id, line, bs);
         }
     }
 
-    /// <summary>The Bs' data (each valid until the next item), in the order of their A and then their line.</summary>
-    public IEnumerable<ReadOnlyMemory<char>?> Bs()
+    /// <summary>The Bs' ids (0: none given) and data (each valid until the next item), in the order of their A and then their line.</summary>
+    public IEnumerable<(int Id, ReadOnlyMemory<char>? Data)> Bs()
     {
         for (int at = 0, i = 0; i < B; i++)
-            yield return Text(_bs, ref at);
+        {
+            var id = Read(_bs, ref at);
+            yield return (id, Text(_bs, ref at));
+        }
     }
 
     ReadOnlyMemory<char>? Text(byte[] buffer, ref int at)

@@ -99,12 +99,19 @@ public static class AEndpoints
         var config = routes.ServiceProvider.GetRequiredService<IConfiguration>();
         var maxIngest = config.GetValue(MaxIngestBytesSetting, DefaultMaxIngestBytes);
         var minRate = NdJsonLines.MinRate.From(config);
-        a.MapGroup("").RequireAdminKey("POST /a").MapPost("/", (HttpRequest request, AppDb db, CancellationToken ct) =>
-            Ingest(request, minRate, db, ct)).WithName("IngestA")
-            .WithSummary("Adds many A with their Bs from an NDJSON body, all or nothing")
+        a.MapGroup("").RequireAdminKey("POST /a").MapPost("/", (HttpRequest request,
+            [FromHeader(Name = Preferences.Header)] string? prefer, AppDb db, HttpResponse response, CancellationToken ct) =>
+            Ingest(request, prefer, minRate, db, response, ct)).WithName("IngestA")
+            .WithSummary("Adds many A with their Bs from an NDJSON body, all or nothing; with ids, copies or syncs them")
             .WithDescription("One A per line, `{\"data\": \"x\", \"bs\": [{\"data\": \"y\"}, {\"data\": null}]}` (`bs` optional), "
                 + "sent as `application/x-ndjson`. Lines are copied into PostgreSQL (binary COPY) as they arrive, in one "
                 + "transaction: A ids follow line order, and a bad line rejects the whole body with a 400 naming the line. "
+                + "A line may name its ids exactly as a line of `GET /a/stream`'s NDJSON does, "
+                + "`{\"id\": 7, \"data\": \"x\", \"bs\": [{\"id\": 12, \"aId\": 7, \"data\": null}]}`: then every line names every "
+                + "id (positive 32-bit integers, each once; a B's `aId` is its A's id), and the sequences move past the largest. "
+                + "An id that exists is a 409 naming its line, unless `Prefer` says what to do with it: then the answer is 200 "
+                + "with `Preference-Applied` and what happened to each table, `{\"a\": {\"inserted\", \"updated\", \"unchanged\"}, \"b\": {…}}`. "
+                + "A merge writes only the rows that differ: a re-run on identical data changes nothing. "
                 + $"The body may be up to {MaxIngestBytesSetting} bytes (default 1 GiB). A body that comes slower than "
                 + $"{NdJsonLines.MinRate.BytesPerSecondSetting} ({NdJsonLines.MinRate.DefaultBytesPerSecond:N0}) bytes a second for "
                 + $"{NdJsonLines.MinRate.WindowSetting} ({NdJsonLines.MinRate.DefaultWindowSeconds}) seconds is cut with 408 and nothing is added.")
@@ -114,6 +121,7 @@ public static class AEndpoints
             .ProducesProblem(StatusCodes.Status408RequestTimeout)
             .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
             .ProducesProblem(StatusCodes.Status415UnsupportedMediaType)
+            .WithMetadata(Resolutions)
             .WriteLimited()
             .Capped(slots => slots.Streams)
             .Idempotent(streamedBody: true)
@@ -208,14 +216,34 @@ public static class AEndpoints
         return TypedResults.Ok(first.A);
     }
 
-    static async Task<Results<Created<RowCounts>, ProblemHttpResult>> Ingest(HttpRequest request, NdJsonLines.MinRate minRate, AppDb db,
-        CancellationToken ct)
+    static readonly ParameterRule Resolutions = new(Preferences.Header,
+        $"`{Preferences.Merge}`: each row with an id is inserted, or updated where the id exists (a B may move to another A); "
+        + $"rows the body does not name are left alone. `{Preferences.Ignore}`: rows whose id exists are kept as they are, the "
+        + "others inserted. Without either, an id that exists is a 409. Other preferences are ignored (RFC 7240).");
+
+    static async Task<Results<Created<RowCounts>, Ok<SyncCounts>, ProblemHttpResult>> Ingest(HttpRequest request, string? prefer,
+        NdJsonLines.MinRate minRate, AppDb db, HttpResponse response, CancellationToken ct)
     {
         if (!NdJsonLines.IsNdJson(request))
             return Problems.NotNdJson();
-        var (a, b) = await db.AddAllAsync(NdJsonLines.ReadAsync(request.BodyReader, minRate, ct), ct);
-        if (a == 0)
+        var resolution = Preferences.ResolutionOf(prefer);
+        (RowChanges A, RowChanges B) changes;
+        try
+        {
+            changes = await db.AddAllAsync(NdJsonLines.ReadAsync(request.BodyReader, minRate, ct), resolution, ct);
+        }
+        catch (IdExistsException e)
+        {
+            return Problems.IdExists(e.Message);
+        }
+        var (a, b) = changes;
+        if (a.Inserted + a.Updated + a.Unchanged == 0)
             return Problems.EmptyBody();
-        return TypedResults.Created("/a", new RowCounts(a, b));
+        if (resolution == Resolution.None)
+            return TypedResults.Created("/a", new RowCounts(a.Inserted, b.Inserted));
+        response.Headers[Preferences.AppliedHeader] = Preferences.Applied(resolution);
+        return TypedResults.Ok(new SyncCounts(Counts(a), Counts(b)));
     }
+
+    static RowChangeCounts Counts(RowChanges c) => new(c.Inserted, c.Updated, c.Unchanged);
 }

@@ -129,6 +129,9 @@ public static class ApiDocs
                     (r.Headers ??= new Dictionary<string, IOpenApiHeader>())[Consistency.Header] = Header(
                         "The WAL position of this write's commit. Send it back in the request header of the same name to read this "
                         + "write even from a standby that lags.");
+                if (code == "200" && operation.Parameters?.Any(p => p.Name == Preferences.Header) == true)
+                    (r.Headers ??= new Dictionary<string, IOpenApiHeader>())[Preferences.AppliedHeader] = Header(
+                        "The resolution preference that was applied (RFC 7240), such as `resolution=merge-duplicates`.");
                 if (code is "409" && context.ApiDescription.HttpMethod != "GET" || code is "429" or "503")
                     (r.Headers ??= new Dictionary<string, IOpenApiHeader>())["Retry-After"] = Header(
                         "Seconds to wait before trying again.");

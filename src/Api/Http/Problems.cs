@@ -148,6 +148,9 @@ public static class Problems
         TypedResults.Problem(statusCode: StatusCodes.Status400BadRequest, title: "Bad request",
             detail: "The body holds no A: send one JSON object per line, such as {\"data\": \"x\", \"bs\": [{\"data\": null}]}.");
 
+    public static ProblemHttpResult IdExists(string detail) =>
+        TypedResults.Problem(statusCode: StatusCodes.Status409Conflict, title: "The id exists already", detail: detail);
+
     public static ProblemHttpResult MustRefetch() =>
         TypedResults.Problem(statusCode: StatusCodes.Status409Conflict, title: "must-refetch",
             detail: "must-refetch: the changes after this id are no longer known here (older than the feed keeps, from another "

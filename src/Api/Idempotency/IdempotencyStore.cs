@@ -1,4 +1,3 @@
-using System.Text.Json;
 using AsyncOrmApi.Data;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Options;
@@ -24,7 +23,7 @@ public static class IdempotencyStore
             key varchar({IdempotencyKey.MaxLength}) PRIMARY KEY,
             fingerprint bytea NOT NULL,
             status smallint NOT NULL,
-            headers jsonb NOT NULL,
+            headers text[] NOT NULL,
             body bytea NOT NULL,
             created_at timestamptz NOT NULL
         );
@@ -59,7 +58,7 @@ public static class IdempotencyStore
             BatchCommands =
             {
                 new("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))") { Parameters = { new() { Value = key.Value } } },
-                new($"SELECT fingerprint, status, headers::text, body FROM {Table} WHERE key = $1 AND created_at > now() - $2")
+                new($"SELECT fingerprint, status, headers, body FROM {Table} WHERE key = $1 AND created_at > now() - $2")
                 {
                     Parameters = { new() { Value = key.Value }, new() { Value = retention, NpgsqlDbType = NpgsqlDbType.Interval } },
                 },
@@ -72,7 +71,8 @@ public static class IdempotencyStore
         await reader.NextResultAsync(ct);
         if (!await reader.ReadAsync(ct))
             return new Claim.New();
-        var headers = JsonSerializer.Deserialize<Dictionary<string, string>>(reader.GetString(2))!;
+        // Stored as "Name: value" strings: a text[] is cheaper to write and read than jsonb, and as plain to a person.
+        var headers = reader.GetFieldValue<string[]>(2).Select(h => h.Split(": ", 2)).ToDictionary(h => h[0], h => h[1]);
         return new Claim.Answered((byte[])reader[0], new StoredAnswer(reader.GetInt16(1), headers, (byte[])reader[3], replayed: true));
     }
 
@@ -91,7 +91,7 @@ public static class IdempotencyStore
                 new() { Value = key.Value },
                 new() { Value = fingerprint },
                 new() { Value = (short)answer.Status },
-                new() { Value = JsonSerializer.Serialize(answer.Headers), NpgsqlDbType = NpgsqlDbType.Jsonb },
+                new() { Value = answer.Headers.Select(h => $"{h.Key}: {h.Value}").ToArray() },
                 new() { Value = answer.Body },
             },
         };

@@ -27,14 +27,15 @@ public static class IdempotentWrites
 
     /// <summary>
     /// Keeps the body of a keyed write that binds it (PATCH's JSON) readable once more, for its fingerprint. A streamed
-    /// body (POST /a) is hashed as it streams instead.
+    /// body (POST /a) is hashed as it streams instead; an unread one (POST /seed) is read by the fingerprint itself.
     /// </summary>
     public static WebApplication UseIdempotency(this WebApplication app)
     {
         app.Use((http, next) =>
         {
             if (http.GetEndpoint()?.Metadata.GetMetadata<IdempotentMetadata>() is { StreamedBody: false }
-                && http.Request.Headers.ContainsKey(IdempotencyKey.Header))
+                && http.Request.Headers.ContainsKey(IdempotencyKey.Header) && http.Request.ContentLength != 0
+                && http.Request.HasJsonContentType())
                 http.Request.EnableBuffering();
             return next(http);
         });
@@ -76,6 +77,10 @@ public static class IdempotentWrites
         byte[]? storedFingerprint;
         await using (var tx = await db.Database.BeginTransactionAsync(ct))
         {
+            // A write that fails rolls back the whole transaction, key and all: it needs no savepoint of its own, which
+            // SaveChanges would otherwise set and release (two round trips) inside a transaction it did not begin. The
+            // pooled context resets the flag when it is returned.
+            db.Database.AutoSavepointsEnabled = false;
             switch (await IdempotencyStore.ClaimAsync(db, key, retention, ct))
             {
                 case IdempotencyStore.Claim.Running:

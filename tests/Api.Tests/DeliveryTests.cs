@@ -121,7 +121,7 @@ public sealed class DeliveryTests
         string[] expected =
         [
             ".ci", ".dockerignore", ".editorconfig", ".github", ".gitignore", "AsyncOrmApi.sln", "Directory.Build.props",
-            "Directory.Packages.props", "Dockerfile", "LICENSE", "README.md", "bench", "docker-compose.yml", "script", "src", "tests",
+            "Directory.Packages.props", "Dockerfile", "LICENSE", "README.md", "bench", "docker-compose.yml", "docs", "script", "src", "tests",
         ];
         var git = Process.Start(new ProcessStartInfo("git", ["ls-files", "--cached", "--others", "--exclude-standard"])
             { WorkingDirectory = Root, RedirectStandardOutput = true })!;

@@ -97,7 +97,7 @@ public sealed class OpenApiTests(ApiFactory api) : ApiTest(api)
             Assert.Contains(word, changes.GetProperty("description").GetString());
     }
 
-    /// <summary>What Redocly's recommended rules and Spectral's spectral:oas ask, which the README's lint commands check in full.</summary>
+    /// <summary>What Redocly's recommended rules and Spectral's spectral:oas ask, which the lint commands of docs/openapi.md check in full.</summary>
     [Fact]
     public async Task The_document_gives_linters_and_client_generators_what_they_ask_for()
     {

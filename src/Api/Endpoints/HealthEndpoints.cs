@@ -9,7 +9,7 @@ public static class HealthEndpoints
 {
     public static IEndpointRouteBuilder MapHealth(this IEndpointRouteBuilder routes)
     {
-        // Probes are for orchestrators, not API clients: left out of the OpenAPI document, described in README.
+        // Probes are for orchestrators, not API clients: left out of the OpenAPI document, described in docs/errors-and-security.md.
         var health = routes.MapGroup("/health").ExcludeFromDescription();
 
         health.MapGet("/live", Live).WithName("Live");

@@ -36,11 +36,9 @@ public sealed record RowChangeCounts(long Inserted, long Updated, long Unchanged
 /// come from the tables' sequences. It documents the line; <see cref="Http.NdJsonLines"/> reads lines straight into
 /// batches, without an object per line.
 /// </summary>
-[JsonUnmappedMemberHandling(JsonUnmappedMemberHandling.Disallow)]
 public sealed record NewA(int? Id, string? Data, List<NewB>? Bs);
 
 /// <summary>A B inside a <see cref="NewA"/> line; its <c>aId</c>, when given, is the id of that A.</summary>
-[JsonUnmappedMemberHandling(JsonUnmappedMemberHandling.Disallow)]
 public sealed record NewB(int? Id, int? AId, string? Data);
 
 /// <summary>Answer of the health probes.</summary>

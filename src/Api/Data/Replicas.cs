@@ -35,8 +35,6 @@ public sealed class Replicas : IAsyncDisposable
         _reads = builder.Build();
     }
 
-    public bool Replicated => _reads is not null;
-
     /// <summary>
     /// Points <paramref name="db"/> at a standby for this request's reads when one is healthy and, given a token, has
     /// replayed it; disposing the result points it back at the primary. Without a standby it changes nothing.

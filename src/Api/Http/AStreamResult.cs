@@ -11,7 +11,7 @@ namespace AsyncOrmApi.Http;
 /// </summary>
 public sealed class AStreamResult(IAsyncEnumerable<ADto> source) : IResult, IEndpointMetadataProvider
 {
-    public const string NdJson = "application/x-ndjson";
+    const string NdJson = NdJsonLines.MediaType;
     const int FlushBytes = 16 * 1024;
 
     public async Task ExecuteAsync(HttpContext http)

@@ -40,7 +40,7 @@ public static class AEndpoints
             .WithMetadata(Paging.Limit, Paging.After, Consistency.Token)
             .ProducesValidationProblem()
             .ReadLimited()
-            .Timed();
+            .ProducesTimeout();
         a.MapGet("/first", GetFirst).WithName("GetFirstA")
             .WithSummary("The first A (lowest id) with its Bs")
             .WithDescription("Answers with a strong `ETag` (the row's version); `If-None-Match` with it gives 304. At most "
@@ -50,7 +50,7 @@ public static class AEndpoints
             .ProducesValidationProblem()
             .ProducesProblem(StatusCodes.Status404NotFound)
             .ReadLimited()
-            .Timed();
+            .ProducesTimeout();
         a.MapGet("/stream", Stream).WithName("StreamA")
             .WithSummary("Every A with its Bs, streamed from the database as a JSON array or NDJSON")
             .WithDescription("Rows are sent as PostgreSQL returns them, in constant memory. "
@@ -92,7 +92,7 @@ public static class AEndpoints
             .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
             .ProducesProblem(StatusCodes.Status415UnsupportedMediaType)
             .WriteLimited()
-            .Timed()
+            .ProducesTimeout()
             .Idempotent();
 
         // It adds data like POST /seed, so it takes the admin key like POST /seed.

@@ -25,7 +25,7 @@ public static class AdminEndpoints
         var admin = routes.MapGroup("/").WithTags("Admin").RequireAdminKey("POST /reset, POST /seed")
             .ProducesProblem(StatusCodes.Status503ServiceUnavailable)
             .WriteLimited()
-            .Timed()
+            .ProducesTimeout()
             .Idempotent();
 
         admin.MapPost("/reset", (AppDb db, HttpResponse response, CancellationToken ct) => Reset(db, lockWait, response, ct)).WithName("Reset")

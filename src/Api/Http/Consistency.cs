@@ -33,8 +33,11 @@ public static class Consistency
     public static Microsoft.AspNetCore.Http.HttpResults.ValidationProblem Malformed(string text) =>
         Problems.Invalid(Header, $"{Token.Rule} It was '{text}'.");
 
-    /// <summary>Answers a write with its token: the WAL position after its commit, read from the primary it ran on.</summary>
-    public static async Task SetAsync(AppDb db, HttpResponse response, CancellationToken ct) =>
+    /// <summary>
+    /// Answers a write with its token: the WAL position after its commit, read from the primary it ran on. One round trip
+    /// of its own, after the commit: a position read inside the transaction would come before its commit record.
+    /// </summary>
+    public static async Task QueryAndSetAsync(AppDb db, HttpResponse response, CancellationToken ct) =>
         response.Headers[Header] = await db.Database
             .SqlQuery<string>($"SELECT pg_current_wal_insert_lsn()::text AS \"Value\"").SingleAsync(ct);
 }

@@ -75,8 +75,8 @@ public static class Limits
     public static TBuilder ReadLimited<TBuilder>(this TBuilder builder) where TBuilder : IEndpointConventionBuilder =>
         builder.RequireRateLimiting(Reads).ProducesProblem(StatusCodes.Status429TooManyRequests);
 
-    /// <summary>Bounded by the request timeout (the default for every endpoint; streams opt out).</summary>
-    public static TBuilder Timed<TBuilder>(this TBuilder builder) where TBuilder : IEndpointConventionBuilder =>
+    /// <summary>Documents the 504 of the request timeout, which bounds every endpoint by default (streams opt out); it sets no timeout.</summary>
+    public static TBuilder ProducesTimeout<TBuilder>(this TBuilder builder) where TBuilder : IEndpointConventionBuilder =>
         builder.ProducesProblem(StatusCodes.Status504GatewayTimeout);
 
     static readonly TimeSpan Window = TimeSpan.FromMinutes(1);

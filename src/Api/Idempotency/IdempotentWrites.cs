@@ -58,7 +58,7 @@ public static class IdempotentWrites
                 {
                     var result = await next(context);
                     if (Succeeded(result))
-                        await Consistency.SetAsync(db, http.Response, http.RequestAborted);
+                        await Consistency.QueryAndSetAsync(db, http.Response, http.RequestAborted);
                     return result;
                 }
                 if (!IdempotencyKey.TryParse(headers, out var key))
@@ -100,7 +100,7 @@ public static class IdempotentWrites
                     var answer = await StoredAnswer.CaptureAsync(http, (IResult)result!);
                     await IdempotencyStore.StoreAsync(db, key, fingerprint.GetHashAndReset(), answer, ct);
                     await tx.CommitAsync(ct);
-                    await Consistency.SetAsync(db, http.Response, ct);
+                    await Consistency.QueryAndSetAsync(db, http.Response, ct);
                     return answer;
             }
         }
@@ -111,7 +111,7 @@ public static class IdempotentWrites
             await HashBufferedAsync(http.Request, fingerprint, ct);
         if (!CryptographicOperations.FixedTimeEquals(fingerprint.GetHashAndReset(), storedFingerprint))
             return Problems.KeyReused();
-        await Consistency.SetAsync(db, http.Response, ct);
+        await Consistency.QueryAndSetAsync(db, http.Response, ct);
         return stored;
     }
 

@@ -15,8 +15,12 @@ public sealed class Formation : IAsyncLifetime
 {
     public const string Key = "ha-test-key";
 
-    public string ConnectionString { get; } = Environment.GetEnvironmentVariable("TEST_FORMATION")
-        ?? throw new InvalidOperationException("TEST_FORMATION is not set: run the tests with script/test, which starts a formation.");
+    /// <summary>Why these tests are skipped, when they are: a plain <c>dotnet test</c> has no formation.</summary>
+    public const string Missing = "TEST_FORMATION is not set: script/test starts a pg_auto_failover formation and sets it.";
+
+    public static string? FromEnvironment => Environment.GetEnvironmentVariable("TEST_FORMATION");
+
+    public string ConnectionString { get; } = FromEnvironment ?? "";
 
     public ApiProcess Api { get; private set; } = null!;
     public HttpClient Client { get; private set; } = null!;
@@ -25,12 +29,18 @@ public sealed class Formation : IAsyncLifetime
 
     public async Task InitializeAsync()
     {
+        if (FromEnvironment is null)
+            return;
         Api = await ApiProcess.StartAsync(ConnectionString, ("Admin__ApiKey", Key), ("RateLimit__WritesPerMinute", "0"));
         Client = new HttpClient { BaseAddress = Api.Address, Timeout = TimeSpan.FromSeconds(30) };
         Client.DefaultRequestHeaders.Add("X-Api-Key", Key);
     }
 
-    public async Task DisposeAsync() => await Api.DisposeAsync();
+    public async Task DisposeAsync()
+    {
+        if (FromEnvironment is not null)
+            await Api.DisposeAsync();
+    }
 
     /// <summary>The port of the node that is primary now (null while there is none).</summary>
     public async Task<int?> PrimaryAsync()
@@ -105,7 +115,7 @@ public sealed class HighAvailabilityTests(Formation formation) : IClassFixture<F
         return formation.Ports.Single(p => p != primary);
     }
 
-    [Fact]
+    [FormationFact]
     public async Task A_reads_token_gets_the_write_even_while_the_standby_lags_and_without_it_the_standby_answers()
     {
         await EventuallyAsync("a primary and a standby", formation.SettledAsync, seconds: 60);
@@ -139,7 +149,7 @@ public sealed class HighAvailabilityTests(Formation formation) : IClassFixture<F
         Assert.Equal($"\"{xmin}\"", read.Headers.ETag?.Tag);
     }
 
-    [Theory]
+    [FormationTheory]
     [InlineData("/a/first", "not-a-token")]
     [InlineData("/a", "not-a-token")]
     [InlineData("/a/stream", "not-a-token")]
@@ -155,7 +165,7 @@ public sealed class HighAvailabilityTests(Formation formation) : IClassFixture<F
         Assert.True(problem.GetProperty("errors").TryGetProperty("Consistency-Token", out _));
     }
 
-    [Fact]
+    [FormationFact]
     public async Task When_the_primary_dies_writes_answer_503_then_succeed_on_the_promoted_standby_and_each_acknowledged_write_is_there_exactly_once()
     {
         await EventuallyAsync("a primary and a standby", formation.SettledAsync, seconds: 60);
@@ -223,4 +233,16 @@ public sealed class HighAvailabilityTests(Formation formation) : IClassFixture<F
         await EventuallyAsync("the old primary back as a standby", async () =>
             await formation.ScalarAsync<bool?>(primary, "SELECT pg_is_in_recovery()") == true, seconds: 60);
     }
+}
+
+/// <summary>A test on the formation: skipped, with the reason, where none was started.</summary>
+public sealed class FormationFactAttribute : FactAttribute
+{
+    public FormationFactAttribute() => Skip = Formation.FromEnvironment is null ? Formation.Missing : null;
+}
+
+/// <inheritdoc cref="FormationFactAttribute"/>
+public sealed class FormationTheoryAttribute : TheoryAttribute
+{
+    public FormationTheoryAttribute() => Skip = Formation.FromEnvironment is null ? Formation.Missing : null;
 }

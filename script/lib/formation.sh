@@ -72,13 +72,6 @@ formation_up() {
   fi
   export FORMATION_DIR
   formation_down
-  # Our ports lie in Linux's ephemeral range: a client connection elsewhere may hold one as its own source port
-  # for a while (seen here: the monitor could not bind and pg_autoctl gave up). Wait until they are free.
-  for i in $(seq 90); do
-    command -v ss >/dev/null || break
-    [ -z "$(ss -Htan "( sport = :$base or sport = :$((base + 1)) or sport = :$((base + 2)) )")" ] && break
-    sleep 1
-  done
   mkdir -p "$FORMATION_DIR"
   [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$FORMATION_DIR" "$(dirname "$FORMATION_DIR")"
   _autoctl create monitor --pgdata "$FORMATION_DIR/monitor" --pgport "$base" --hostname 127.0.0.1 --auth trust --no-ssl \

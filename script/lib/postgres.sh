@@ -53,7 +53,8 @@ logging_collector = off
 wal_level = $wal_level
 CONF
   if pg_as_owner "$bin/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1; then
-    # Already running (a previous command of ours left it up); one from before the change feed restarts for wal_level.
+    # Already running (a previous command of ours left it up); one from before the change feed restarts for wal_level,
+    # and one on another port (before the ports moved) for its port: asked on the new port, it does not answer.
     if [ "$("$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -XAtqc 'show wal_level' 2>/dev/null)" != "$wal_level" ]; then
       pg_as_owner "$bin/pg_ctl" -D "$PGDATA_DIR" -m fast -w stop >/dev/null && { pg_ctl_start || return 1; }
     fi
@@ -68,15 +69,9 @@ CONF
 }
 
 pg_ctl_start() {
-  # Our fixed ports lie in Linux's ephemeral range, so a client connection elsewhere may hold one as its own
-  # source port for a while (seen here: TIME-WAIT on 127.0.0.1:54330 after connections to another cluster).
-  # PostgreSQL then cannot bind it: wait until the port is free again instead of failing.
-  local tries=0
-  until pg_as_owner "$(pg_bindir)/pg_ctl" -D "$PGDATA_DIR" -l "$PGDATA_DIR/server.log" -w -t 60 start >/dev/null; do
-    tries=$((tries + 1))
-    [ "$tries" -lt 45 ] && tail -n 5 "$PGDATA_DIR/server.log" | grep -q "Address already in use" || return 1
-    sleep 2
-  done
+  # The fixed ports (15429-15447) lie below Linux's ephemeral range (32768-60999), so no client connection holds one
+  # as its source port: they are free whenever no server of ours is on them.
+  pg_as_owner "$(pg_bindir)/pg_ctl" -D "$PGDATA_DIR" -l "$PGDATA_DIR/server.log" -w -t 60 start >/dev/null
 }
 
 pg_down() {

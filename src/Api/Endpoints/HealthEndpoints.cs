@@ -1,27 +1,39 @@
 using AsyncOrmApi.Data;
 using AsyncOrmApi.Http;
-using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.AspNetCore.Diagnostics.HealthChecks;
+using Microsoft.Extensions.Diagnostics.HealthChecks;
+using Probe = Microsoft.Extensions.Diagnostics.HealthChecks.HealthStatus;
 
 namespace AsyncOrmApi.Endpoints;
 
-/// <summary>Probes for orchestrators: liveness never touches the database, readiness does.</summary>
+/// <summary>
+/// Probes for orchestrators, with ASP.NET Core's health checks (as eShop's service defaults): liveness runs no check and
+/// never touches the database; readiness runs EF Core's check of <see cref="AppDb"/> (can it connect?).
+/// </summary>
 public static class HealthEndpoints
 {
+    const string Ready = "ready";
+
+    public static IServiceCollection AddHealth(this IServiceCollection services)
+    {
+        services.AddHealthChecks().AddDbContextCheck<AppDb>("postgres", tags: [Ready]);
+        return services;
+    }
+
     public static IEndpointRouteBuilder MapHealth(this IEndpointRouteBuilder routes)
     {
-        // Probes are for orchestrators, not API clients: left out of the OpenAPI document, described in docs/errors-and-security.md.
-        var health = routes.MapGroup("/health").ExcludeFromDescription();
-
-        health.MapGet("/live", Live).WithName("Live");
-        health.MapGet("/ready", Ready).WithName("Ready");
-
+        // Probes are for orchestrators, not API clients: health check endpoints stay out of the OpenAPI document, and
+        // docs/errors-and-security.md describes them.
+        routes.MapHealthChecks("/health/live", new HealthCheckOptions { Predicate = _ => false, ResponseWriter = AnswerAsync })
+            .WithName("Live");
+        routes.MapHealthChecks("/health/ready", new HealthCheckOptions { Predicate = c => c.Tags.Contains(Ready), ResponseWriter = AnswerAsync })
+            .WithName("Ready");
         return routes;
     }
 
-    static Ok<HealthStatus> Live() => TypedResults.Ok(new HealthStatus("Healthy"));
-
-    static async Task<Results<Ok<HealthStatus>, ProblemHttpResult>> Ready(AppDb db, HttpResponse response, CancellationToken ct) =>
-        await db.Database.CanConnectAsync(ct)
-            ? TypedResults.Ok(new HealthStatus("Healthy"))
-            : Problems.DatabaseDown(response);
+    /// <summary>The answers the probes always gave: 200 <c>{"status":"Healthy"}</c>, or 503 problem+json with Retry-After.</summary>
+    static Task AnswerAsync(HttpContext http, HealthReport report) =>
+        report.Status == Probe.Healthy
+            ? TypedResults.Ok(new AsyncOrmApi.HealthStatus("Healthy")).ExecuteAsync(http)
+            : Problems.DatabaseDown(http.Response).ExecuteAsync(http);
 }

@@ -118,9 +118,12 @@ public sealed class Replicas : IAsyncDisposable
         return await read(db);
     }
 
+    /// <summary>
+    /// By its SQLSTATE alone: a standby cancels a read that conflicts with replay with 40001 (or 40P01 for a buffer pin
+    /// deadlock), and a read-only query in READ COMMITTED, as the API's are, meets neither for any other reason.
+    /// </summary>
     static bool IsRecoveryConflict(PostgresException e) =>
-        e.SqlState is PostgresErrorCodes.SerializationFailure or PostgresErrorCodes.DeadlockDetected
-        && e.MessageText.Contains("conflict with recovery", StringComparison.Ordinal);
+        e.SqlState is PostgresErrorCodes.SerializationFailure or PostgresErrorCodes.DeadlockDetected;
 
     static readonly IAsyncDisposable NoStandby = new Lent(null);
 

@@ -2,8 +2,6 @@ using System.Text.Json;
 using AsyncOrmApi.Data;
 using Microsoft.AspNetCore.Diagnostics;
 using Microsoft.AspNetCore.Http.HttpResults;
-using Microsoft.EntityFrameworkCore;
-using Npgsql;
 
 namespace AsyncOrmApi.Http;
 
@@ -41,10 +39,6 @@ public static class Problems
         _ => null,
     };
 
-    /// <summary>The request's endpoint, also once the exception handler has cleared it (its feature keeps it).</summary>
-    public static Endpoint? EndpointOf(HttpContext http) =>
-        http.GetEndpoint() ?? http.Features.Get<IExceptionHandlerFeature>()?.Endpoint;
-
     /// <summary>How long a client should wait before retrying while PostgreSQL is away.</summary>
     const int RetryAfterSeconds = 5;
 
@@ -54,27 +48,6 @@ public static class Problems
         return TypedResults.Problem(statusCode: StatusCodes.Status503ServiceUnavailable, title: "Database unavailable",
             detail: $"PostgreSQL cannot be reached; nothing was changed. Try again in {RetryAfterSeconds} seconds.");
     }
-
-    /// <summary>
-    /// An outage, as opposed to a bug: Npgsql could not reach the server or lost it (transient), the
-    /// server is shutting down or starting up (SQLSTATE 57P01-57P03), or a write met a server that is read-only
-    /// for now (25006: a formation between primaries).
-    /// </summary>
-    public static bool IsDatabaseOutage(Exception exception)
-    {
-        for (var e = exception; e is not null; e = e.InnerException)
-            if (e is PostgresException { SqlState: "57P01" or "57P02" or "57P03" or "25006" } or NpgsqlException { IsTransient: true }
-                || IsNoSuitableHost(e))
-                return true;
-        return false;
-    }
-
-    /// <summary>
-    /// With several hosts in the connection string, none answered as the one wanted: no primary while a standby is
-    /// being promoted, say. Npgsql has no type for it, only this message (NpgsqlMultiHostDataSource).
-    /// </summary>
-    static bool IsNoSuitableHost(Exception e) =>
-        e is NpgsqlException and not PostgresException && e.Message.StartsWith("No suitable host", StringComparison.Ordinal);
 
     public static ProblemHttpResult TooManyRequests(HttpResponse response, TimeSpan wait)
     {
@@ -203,14 +176,11 @@ public static class Problems
                 problem = TypedResults.Problem(statusCode: bad.StatusCode,
                     title: bad.StatusCode == StatusCodes.Status400BadRequest ? "Bad request" : null, detail: Describe(http, bad));
             }
-            else if (IsDatabaseOutage(exception))
+            else if (Outage.Is(exception))
             {
                 log.LogWarning("{Method} {Path}: PostgreSQL unavailable ({Error})", http.Request.Method, http.Request.Path,
                     exception.GetBaseException().Message);
-                // The idle pooled connections died with the server too; Npgsql does not notice until each
-                // is used again, so drop them now rather than fail one request per connection after recovery.
-                if (http.RequestServices.GetService<AppDb>()?.Database.GetDbConnection() is NpgsqlConnection connection)
-                    NpgsqlConnection.ClearPool(connection);
+                Outage.DropIdleConnections(http.RequestServices.GetService<AppDb>());
                 problem = DatabaseDown(http.Response);
             }
             else
@@ -244,7 +214,7 @@ public static class Problems
         // The framework names a parameter it could not bind ("Failed to bind parameter \"int? limit\" from \"abc\".")
         // but not what it accepts: the endpoint's rule for that parameter says it.
         static ParameterRule? RuleFor(HttpContext http, BadHttpRequestException bad) =>
-            EndpointOf(http)?.Metadata.GetOrderedMetadata<ParameterRule>()
+            Endpoints.Of(http)?.Metadata.GetOrderedMetadata<ParameterRule>()
                 .FirstOrDefault(r => bad.Message.Contains($" {r.Name}\" from ", StringComparison.Ordinal));
     }
 }

@@ -104,7 +104,7 @@ public static partial class Telemetry
             }
             finally
             {
-                var route = (Problems.EndpointOf(http) as RouteEndpoint)?.RoutePattern.RawText ?? "(no route)";
+                var route = (Endpoints.Of(http) as RouteEndpoint)?.RoutePattern.RawText ?? "(no route)";
                 Answered(log, http.Request.Method, route, http.Response.StatusCode, Stopwatch.GetElapsedTime(start).TotalMilliseconds);
             }
         }

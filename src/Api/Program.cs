@@ -1,4 +1,5 @@
 using AsyncOrmApi;
+using AsyncOrmApi.Changes;
 using AsyncOrmApi.Data;
 using AsyncOrmApi.Endpoints;
 using AsyncOrmApi.Http;
@@ -6,8 +7,9 @@ using AsyncOrmApi.Idempotency;
 
 var builder = WebApplication.CreateBuilder(args);
 
-// Database: PostgreSQL through EF Core, one DbContext per request.
+// Database: PostgreSQL through EF Core, one DbContext per request; health probes, readiness on it.
 builder.AddDatabase();
+builder.Services.AddHealth();
 
 // HTTP: one JSON setup, one error shape.
 builder.Services.ConfigureHttpJsonOptions(o => WireJson.Configure(o.SerializerOptions));
@@ -21,6 +23,9 @@ builder.AddTelemetry();
 
 // Limits: per-client rate limits and request timeouts.
 builder.AddLimits();
+
+// The change feed: GET /a/changes, from PostgreSQL's logical replication.
+builder.AddChangeFeed();
 
 // Exactly-once writes: Idempotency-Key, its answers stored with the writes in PostgreSQL.
 builder.AddIdempotency();
@@ -37,6 +42,7 @@ await app.PrepareDatabaseAsync();
 
 app.MapAdmin();
 app.MapA();
+app.MapChanges();
 app.MapHealth();
 
 app.Run();

@@ -19,8 +19,6 @@ public static class Database
             .AddInterceptors(AppDb.RunningCommands.Instance)
             .EnableSensitiveDataLogging(logSql));
 
-        // One logical replication reader per process, shared by every GET /a/changes.
-        builder.Services.AddSingleton<ChangeFeed>();
         // Reads on a standby when the connection string names several hosts.
         builder.Services.AddSingleton<Replicas>();
 

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using AsyncOrmApi.Changes;
 using Microsoft.EntityFrameworkCore;
 using Npgsql;
 

@@ -9,7 +9,8 @@ namespace AsyncOrmApi.Endpoints;
 
 /// <summary>
 /// The seed's reads (selectinload, session.stream) and its one write (the first A renamed), in pages and
-/// resumable streams at any table size; and bulk ingest of new A.
+/// resumable streams at any table size; and bulk ingest, copy and sync of A. The change feed, GET /a/changes, has a
+/// room of its own (ChangeFeed/ChangeFeedEndpoints.cs).
 /// </summary>
 public static class AEndpoints
 {
@@ -19,11 +20,6 @@ public static class AEndpoints
     /// <summary>The setting that bounds a POST /a body, in bytes (default 1 GiB).</summary>
     public const string MaxIngestBytesSetting = "Ingest:MaxBodyBytes";
     public const long DefaultMaxIngestBytes = 1024L * 1024 * 1024;
-
-    const string ResumeRule = "must be the id of an event of this feed, such as 1f0c9a3e-00000000016B3748-2: the feed goes on with "
-        + "the changes after it (default: from now).";
-    static readonly ParameterRule ResumeHeader = new("Last-Event-ID", "Last-Event-ID " + ResumeRule + " EventSource sends it when it reconnects.");
-    static readonly ParameterRule ResumeAfter = new("after", "after " + ResumeRule + " For clients that cannot set headers; Last-Event-ID wins.");
 
     public static IEndpointRouteBuilder MapA(this IEndpointRouteBuilder routes)
     {
@@ -61,25 +57,6 @@ public static class AEndpoints
             .ReadLimited()
             .Capped(slots => slots.Streams)
             // A stream runs as long as the table is long; it stops when its client leaves.
-            .DisableRequestTimeout();
-        a.MapGet("/changes", Changes).WithName("AChanges")
-            .WithSummary("A live feed of the changes to a and b by any writer, as Server-Sent Events")
-            .WithDescription("`text/event-stream`, committed changes in commit order, a transaction's together, from PostgreSQL's "
-                + "logical replication. Events: `a.insert`, `a.update`, `a.delete` (`{\"id\",\"data\"}`), `b.insert`, `b.update`, "
-                + "`b.delete` (`{\"id\",\"aId\",\"data\"}`; deletes carry the id), and `reset` (tables dropped, recreated or "
-                + "truncated, or one transaction larger than the resume window): refetch `GET /a`. Each event's `id` is its commit's "
-                + "WAL position and its ordinal; reconnect with `Last-Event-ID` (or `?after=` where headers cannot be set) for exactly "
-                + "the changes after it, then live ones. Without an id the feed starts at the live head. 409 (before any event) when "
-                + "the changes after that id are no longer known here (older than the window, another database, another "
-                + "timeline, or before a restart of the API): refetch `GET /a` and subscribe without an id. An empty event every "
-                + "`ChangeFeed:HeartbeatSeconds` (15) keeps proxies from closing an idle stream.")
-            .WithMetadata(ResumeAfter, ResumeHeader)
-            .Produces<string>(StatusCodes.Status200OK, "text/event-stream")
-            .ProducesValidationProblem()
-            .ProducesProblem(StatusCodes.Status409Conflict)
-            .ReadLimited()
-            .Capped(slots => slots.Subscribers)
-            // A subscription lasts as long as its client stays.
             .DisableRequestTimeout();
         a.MapPatch("/first", PatchFirst).WithName("PatchFirstA")
             .WithSummary("Sets the first A's data and commits")
@@ -168,27 +145,6 @@ public static class AEndpoints
         // The standby connection stays lent until the stream has been written.
         response.RegisterForDisposeAsync(await replicas.ReadFromStandbyAsync(db, token, ct));
         return new AStreamResult(Queries.AllA(db, Paging.Start(after)));
-    }
-
-    static async Task<Results<ServerSentEventsResult<byte[]>, ValidationProblem, ProblemHttpResult>> Changes(
-        [FromHeader(Name = "Last-Event-ID")] string? lastEventId, string? after, ChangeFeed feed, HttpContext http, CancellationToken ct)
-    {
-        // EventSource reconnects to the URL it started with and sends the id it last saw: the header is the newer.
-        var (rule, resume) = lastEventId is { Length: > 0 } ? (ResumeHeader, lastEventId) : (ResumeAfter, after);
-        ChangeId? from = null;
-        if (resume is not null && !ChangeId.TryParse(resume, out from))
-            return Problems.Invalid(rule.Name, $"{rule.Rule} It was '{resume}'.");
-        try
-        {
-            // Slow subscribers are cut by aborting their connection: a write they do not read may never end otherwise.
-            if (await feed.SubscribeAsync(from, http.Abort, ct) is not { } subscription)
-                return Problems.MustRefetch();
-            return TypedResults.ServerSentEvents(feed.EventsAsync(subscription.Log, subscription.Subscriber, ct));
-        }
-        catch (ChangeFeedUnavailableException e)
-        {
-            return Problems.ChangeFeedUnavailable(e.Message);
-        }
     }
 
     static async Task<Results<Ok<ADto>, ValidationProblem, ProblemHttpResult>> PatchFirst(

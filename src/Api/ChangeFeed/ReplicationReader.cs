@@ -1,0 +1,162 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Diagnostics.Metrics;
+using System.Net.ServerSentEvents;
+using System.Runtime.CompilerServices;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Encodings.Web;
+using System.Text.Json;
+using Npgsql;
+using Npgsql.Replication;
+using Npgsql.Replication.PgOutput;
+using Npgsql.Replication.PgOutput.Messages;
+
+using AsyncOrmApi.Data;
+
+namespace AsyncOrmApi.Changes;
+
+// The feed's one replication reader: the slot, its timers, the primary it reads, the publication.
+public sealed partial class ChangeFeed
+{
+    /// <summary>The one reader: creates the slot, then turns pgoutput's messages into events until stopped or broken.</summary>
+    async Task ReadAsync(TaskCompletionSource<ChangeLog> started, CancellationTokenSource stopper)
+    {
+        var stop = stopper.Token;
+        ChangeLog? changes = null;
+        try
+        {
+            _primary = await PrimaryAsync(stop);
+            await using var connection = new LogicalReplicationConnection(_primary);
+            await connection.Open(stop);
+            var system = await connection.IdentifySystem(stop);
+            var tables = await PrepareAsync(stop);
+            var slot = await connection.CreatePgOutputReplicationSlot($"asyncormapi_{Guid.NewGuid():N}"[..32],
+                temporarySlot: true, slotSnapshotInitMode: LogicalSlotSnapshotInitMode.NoExport, cancellationToken: stop);
+            changes = new ChangeLog(SourceOf(system), (ulong)slot.ConsistentPoint, _window, _windowBytes, _maxLag);
+            started.SetResult(changes);
+            _log.LogInformation("Change feed reading slot {Slot} from {Lsn}", slot.Name, slot.ConsistentPoint);
+
+            using var idle = new PeriodicTimer(TimeSpan.FromSeconds(5));
+            _ = StopWhenIdleAsync(connection, changes, idle, stopper);
+            using var heartbeat = new PeriodicTimer(Heartbeat);
+            _ = TickAsync(changes, heartbeat, stop);
+            var decoder = new ChangeDecoder(changes, tables, _window, _windowBytes);
+            var options = new PgOutputReplicationOptions(_publication, PgOutputProtocolVersion.V1, binary: true, messages: true);
+            await foreach (var message in connection.StartReplication(slot, options, stop))
+            {
+                await decoder.DecodeAsync(message, stop);
+                // The slot is temporary and never resumed from, so everything received can be released at once.
+                connection.SetReplicationStatus(message.WalEnd);
+            }
+        }
+        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        {
+        }
+        catch (Exception e)
+        {
+            if (!started.TrySetException(e))
+                _log.LogWarning(e, "Change feed reader stopped; subscribers will resume from a new slot (or get 409)");
+        }
+        finally
+        {
+            started.TrySetCanceled(stop);
+            changes?.End();
+        }
+    }
+
+    /// <summary>Wakes every subscriber each heartbeat interval; those that sent nothing since the last tick send a heartbeat.</summary>
+    static async Task TickAsync(ChangeLog changes, PeriodicTimer timer, CancellationToken stop)
+    {
+        try
+        {
+            while (await timer.WaitForNextTickAsync(stop))
+                changes.Wake();
+        }
+        catch (OperationCanceledException)
+        {
+        }
+    }
+
+    /// <summary>
+    /// Every few seconds: confirms the WAL the server has sent while nothing of a or b changed (else the slot would
+    /// hold the WAL of every other write), and stops the reader once nobody has subscribed for <c>IdleSeconds</c>.
+    /// </summary>
+    async Task StopWhenIdleAsync(LogicalReplicationConnection connection, ChangeLog changes, PeriodicTimer timer, CancellationTokenSource stopper)
+    {
+        try
+        {
+            while (await timer.WaitForNextTickAsync(stopper.Token))
+            {
+                connection.SetReplicationStatus(connection.LastReceivedLsn);
+                if (changes.Subscribers == 0 && Environment.TickCount64 - Interlocked.Read(ref _lastUse) > _idle.TotalMilliseconds)
+                {
+                    await stopper.CancelAsync();
+                    return;
+                }
+            }
+        }
+        catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException)
+        {
+        }
+    }
+
+    /// <summary>
+    /// The connection string of the primary: replication connections take one host, and a formation's connection
+    /// string names several. After a failover the next reader finds the new primary (and its ids a new source).
+    /// </summary>
+    async Task<string> PrimaryAsync(CancellationToken ct)
+    {
+        var settings = new NpgsqlConnectionStringBuilder(_connectionString);
+        if (!Database.IsReplicated(settings))
+            return _connectionString;
+        settings.TargetSessionAttributes = "read-write";
+        await using var hosts = NpgsqlDataSource.Create(settings);
+        await using var primary = await hosts.OpenConnectionAsync(ct);
+        settings.Host = primary.Host;
+        settings.Port = primary.Port;
+        settings.TargetSessionAttributes = null;
+        return settings.ConnectionString;
+    }
+
+    /// <summary>
+    /// Checks wal_level, creates the publication if it is missing (for the schema: a and b are dropped and created
+    /// again by resets, and a publication FOR TABLE a, b would lose them) and reads the tables' current OIDs.
+    /// </summary>
+    async Task<Dictionary<string, uint>> PrepareAsync(CancellationToken ct)
+    {
+        await using var connection = new NpgsqlConnection(_primary);
+        await connection.OpenAsync(ct);
+        await using var command = connection.CreateCommand();
+        command.CommandText = "SHOW wal_level";
+        if (await command.ExecuteScalarAsync(ct) is not "logical")
+            throw new ChangeFeedUnavailableException();
+        command.CommandText = "SELECT count(*) FROM pg_publication WHERE pubname = @name";
+        command.Parameters.AddWithValue("name", _publication);
+        if ((long)(await command.ExecuteScalarAsync(ct))! == 0)
+        {
+            command.CommandText = $"CREATE PUBLICATION \"{_publication}\" FOR TABLES IN SCHEMA public";
+            try { await command.ExecuteNonQueryAsync(ct); }
+            catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.DuplicateObject) { }
+        }
+        command.CommandText = "SELECT relname::text, oid::int8 FROM pg_class WHERE oid IN (to_regclass('public.a'), to_regclass('public.b'))";
+        var tables = new Dictionary<string, uint>();
+        await using var reader = await command.ExecuteReaderAsync(ct);
+        while (await reader.ReadAsync(ct))
+            tables[reader.GetString(0)] = (uint)reader.GetInt64(1);
+        return tables;
+    }
+
+    /// <summary>Whether the server's WAL has reached <paramref name="id"/>: ids from beyond it are none of this database's.</summary>
+    async Task<bool> IsPastAsync(ChangeId id, CancellationToken ct)
+    {
+        await using var connection = new NpgsqlConnection(_primary);
+        await connection.OpenAsync(ct);
+        await using var command = new NpgsqlCommand("SELECT pg_current_wal_lsn()::text", connection);
+        var current = NpgsqlTypes.NpgsqlLogSequenceNumber.Parse((string)(await command.ExecuteScalarAsync(ct))!);
+        return (ulong)current >= id.Lsn;
+    }
+
+    static uint SourceOf(ReplicationSystemIdentification system) => BinaryPrimitives.ReadUInt32BigEndian(
+        SHA256.HashData(Encoding.UTF8.GetBytes($"{system.SystemId}/{system.Timeline}/{system.DbName}")));
+}

@@ -211,6 +211,18 @@ public sealed class SyncTests(ApiFactory api) : ApiTest(api)
     }
 
     [Fact]
+    public async Task An_id_another_writer_took_meanwhile_is_a_409_not_a_500()
+    {
+        await Api.SeedAsync();
+        // A writer that named the id the sequence gives next, as one that bypassed the sequence would.
+        await Api.ExecuteAsync("INSERT INTO a (id, data) VALUES ((SELECT last_value FROM a_id_seq) + 1, 'taken')");
+        var before = await Api.SnapshotAsync();
+        var problem = await ProblemAsync(await Client.SendAsync(Ingest("""{"data": "mine"}""")), HttpStatusCode.Conflict);
+        Assert.Contains("a_pkey", problem.GetProperty("detail").GetString());
+        Assert.Equal(before, await Api.SnapshotAsync());
+    }
+
+    [Fact]
     public async Task A_merge_whose_client_hangs_up_rolls_back()
     {
         await Api.SeedAsync();

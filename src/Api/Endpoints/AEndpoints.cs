@@ -4,6 +4,7 @@ using AsyncOrmApi.Idempotency;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.AspNetCore.Mvc;
 using Microsoft.EntityFrameworkCore;
+using Npgsql;
 
 namespace AsyncOrmApi.Endpoints;
 
@@ -191,6 +192,12 @@ public static class AEndpoints
         catch (IdExistsException e)
         {
             return Problems.IdExists(e.Message);
+        }
+        catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.UniqueViolation)
+        {
+            // Ids above the tables' largest are copied without a lookup: another writer took one meanwhile.
+            return Problems.IdExists($"Another writer added a row with an id of this body while it was copied ({e.ConstraintName}): "
+                + "nothing was added. Send it again.");
         }
         var (a, b) = changes;
         if (a.Inserted + a.Updated + a.Unchanged == 0)

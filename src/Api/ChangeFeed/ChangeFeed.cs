@@ -7,6 +7,7 @@ using System.Security.Cryptography;
 using System.Text;
 using System.Text.Encodings.Web;
 using System.Text.Json;
+using Microsoft.Extensions.Options;
 using Npgsql;
 using Npgsql.Replication;
 using Npgsql.Replication.PgOutput;
@@ -29,23 +30,19 @@ public sealed partial class ChangeFeed : IAsyncDisposable
     /// <summary>Prefix of the logical message POST /reset writes in its transaction, so the feed says `reset` at once.</summary>
     public const string ResetMessage = "asyncormapi.reset";
 
-    public const string WindowBytesSetting = "ChangeFeed:WindowBytes";
-    public const long DefaultWindowBytes = 64L * 1024 * 1024;
-
     readonly ILogger<ChangeFeed> _log;
     readonly IHostApplicationLifetime _life;
 
-    public ChangeFeed(IConfiguration config, ILogger<ChangeFeed> log, IHostApplicationLifetime life, IMeterFactory meters)
+    public ChangeFeed(IConfiguration config, IOptions<ChangeFeedOptions> options, ILogger<ChangeFeed> log, IHostApplicationLifetime life,
+        IMeterFactory meters)
     {
         _log = log;
         _life = life;
         _connectionString = Database.ConnectionString(config);
-        _publication = config.GetValue("ChangeFeed:Publication", "asyncormapi_changes")!;
-        _window = config.GetValue("ChangeFeed:Window", 10_000);
-        _windowBytes = config.GetValue(WindowBytesSetting, DefaultWindowBytes);
-        _maxLag = config.GetValue("ChangeFeed:MaxLag", 5_000);
-        _idle = TimeSpan.FromSeconds(config.GetValue("ChangeFeed:IdleSeconds", 300));
-        Heartbeat = TimeSpan.FromSeconds(config.GetValue("ChangeFeed:HeartbeatSeconds", 15));
+        var o = options.Value;
+        (_publication, _window, _windowBytes, _maxLag) = (o.Publication, o.Window, o.WindowBytes, o.MaxLag);
+        _idle = TimeSpan.FromSeconds(o.IdleSeconds);
+        Heartbeat = TimeSpan.FromSeconds(o.HeartbeatSeconds);
 
         // The window's fill, against its bounds: an operator sees the byte bound coming before resumes start to 409.
         var meter = meters.Create("AsyncOrmApi");

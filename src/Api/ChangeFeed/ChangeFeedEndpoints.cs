@@ -10,6 +10,8 @@ public static class ChangeFeedEndpoints
     /// <summary>One logical replication reader per process, shared by every subscriber of GET /a/changes.</summary>
     public static WebApplicationBuilder AddChangeFeed(this WebApplicationBuilder builder)
     {
+        builder.Services.AddOptions<ChangeFeedOptions>().BindConfiguration(ChangeFeedOptions.Section)
+            .ValidateDataAnnotations().ValidateOnStart();
         builder.Services.AddSingleton<ChangeFeed>();
         return builder;
     }

@@ -1,6 +1,7 @@
 using System.Diagnostics.Metrics;
 using System.Threading.RateLimiting;
 using AsyncOrmApi.Data;
+using Microsoft.Extensions.Options;
 using Npgsql;
 
 namespace AsyncOrmApi.Http;
@@ -17,11 +18,7 @@ public sealed class StreamSlots : IDisposable
 {
     public const string PerClientSetting = "Streams:PerClient";
     public const string TotalSetting = "Streams:Total";
-    public const string SubscribersPerClientSetting = "ChangeFeed:SubscribersPerClient";
-    public const string SubscribersSetting = "ChangeFeed:MaxSubscribers";
     public const int DefaultPerClient = 4;
-    public const int DefaultSubscribersPerClient = 64;
-    public const int DefaultSubscribers = 1_000;
 
     /// <summary>
     /// What a client over a cap is told to wait. A slot frees when a stream ends, which nobody can foresee; a stream
@@ -32,13 +29,12 @@ public sealed class StreamSlots : IDisposable
     public Cap Streams { get; }
     public Cap Subscribers { get; }
 
-    public StreamSlots(IConfiguration config, IMeterFactory meters)
+    public StreamSlots(IConfiguration config, IOptions<Changes.ChangeFeedOptions> feed, IMeterFactory meters)
     {
         // Half the pool by default (Npgsql's Max Pool Size is 100 unless the connection string says otherwise).
         var pool = new NpgsqlConnectionStringBuilder(Database.ConnectionString(config)).MaxPoolSize;
         Streams = new Cap("stream", config.GetValue(PerClientSetting, DefaultPerClient), config.GetValue(TotalSetting, Math.Max(1, pool / 2)));
-        Subscribers = new Cap("subscription", config.GetValue(SubscribersPerClientSetting, DefaultSubscribersPerClient),
-            config.GetValue(SubscribersSetting, DefaultSubscribers));
+        Subscribers = new Cap("subscription", feed.Value.SubscribersPerClient, feed.Value.MaxSubscribers);
 
         var meter = meters.Create("AsyncOrmApi");
         meter.CreateObservableUpDownCounter("asyncormapi.streams.open", () => new[] { Streams.Measure(), Subscribers.Measure() },

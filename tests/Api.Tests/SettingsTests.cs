@@ -1,0 +1,23 @@
+namespace AsyncOrmApi.Tests;
+
+/// <summary>Typed settings are checked at start: a bad value stops the process with a message naming the setting and its rule.</summary>
+public sealed class SettingsTests(ApiFactory api) : ApiTest(api)
+{
+    [Theory]
+    [InlineData("ChangeFeed:Window", "0", "ChangeFeed:Window must be an integer from 1 to 10,000,000")]
+    [InlineData("ChangeFeed:Window", "abc", "'abc' at 'ChangeFeed:Window'")]
+    [InlineData("ChangeFeed:HeartbeatSeconds", "-1", "ChangeFeed:HeartbeatSeconds must be from 1")]
+    [InlineData("ChangeFeed:Publication", "Robert'); DROP TABLE a;--", "ChangeFeed:Publication must be a PostgreSQL name")]
+    [InlineData("Idempotency:Retention", "00:00:00", "Idempotency:Retention must be a TimeSpan")]
+    [InlineData("Idempotency:Retention", "a day", "'a day' at 'Idempotency:Retention'")]
+    public void A_bad_setting_stops_the_start_and_names_the_setting(string key, string value, string message)
+    {
+        var app = Api.With((key, value));
+        var e = Assert.ThrowsAny<Exception>(() => app.CreateClient());
+        // The binder's own words name the setting on the outer exception, the value's type on the inner one.
+        var messages = new List<string>();
+        for (Exception? x = e; x is not null; x = x.InnerException)
+            messages.Add(x.Message);
+        Assert.Contains(messages, m => m.Contains(message));
+    }
+}

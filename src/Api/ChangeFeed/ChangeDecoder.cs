@@ -1,17 +1,10 @@
 using System.Buffers;
-using System.Buffers.Binary;
-using System.Diagnostics.Metrics;
 using System.Net.ServerSentEvents;
-using System.Runtime.CompilerServices;
-using System.Security.Cryptography;
-using System.Text;
 using System.Text.Encodings.Web;
 using System.Text.Json;
-using Npgsql;
 using Npgsql.Replication;
 using Npgsql.Replication.PgOutput;
 using Npgsql.Replication.PgOutput.Messages;
-
 
 namespace AsyncOrmApi.Changes;
 

@@ -1,19 +1,9 @@
-using System.Buffers;
-using System.Buffers.Binary;
 using System.Diagnostics.Metrics;
 using System.Net.ServerSentEvents;
 using System.Runtime.CompilerServices;
-using System.Security.Cryptography;
-using System.Text;
-using System.Text.Encodings.Web;
-using System.Text.Json;
-using Microsoft.Extensions.Options;
-using Npgsql;
-using Npgsql.Replication;
-using Npgsql.Replication.PgOutput;
-using Npgsql.Replication.PgOutput.Messages;
-
 using AsyncOrmApi.Data;
+using Microsoft.Extensions.Options;
+using Npgsql.Replication.PgOutput.Messages;
 
 namespace AsyncOrmApi.Changes;
 

@@ -1,5 +1,3 @@
-using System.Diagnostics.CodeAnalysis;
-using System.Globalization;
 using System.Net.ServerSentEvents;
 
 namespace AsyncOrmApi.Changes;

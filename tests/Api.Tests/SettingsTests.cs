@@ -9,6 +9,14 @@ public sealed class SettingsTests(ApiFactory api) : ApiTest(api)
     [InlineData("ChangeFeed:HeartbeatSeconds", "-1", "ChangeFeed:HeartbeatSeconds must be from 1")]
     [InlineData("ChangeFeed:Publication", "Robert'); DROP TABLE a;--", "ChangeFeed:Publication must be a PostgreSQL name")]
     [InlineData("Idempotency:Retention", "00:00:00", "Idempotency:Retention must be a TimeSpan")]
+    [InlineData("RateLimit:WritesPerMinute", "-5", "RateLimit:WritesPerMinute must be 0 (off) or a positive integer")]
+    [InlineData("RateLimit:ReadsPerMinute", "many", "'many' at 'RateLimit:ReadsPerMinute'")]
+    [InlineData("Timeouts:RequestSeconds", "0", "Timeouts:RequestSeconds must be from 1")]
+    [InlineData("Shutdown:TimeoutSeconds", "-1", "Shutdown:TimeoutSeconds must be from 0")]
+    [InlineData("Streams:PerClient", "0", "Streams:PerClient must be from 1")]
+    [InlineData("Reset:LockTimeoutSeconds", "0", "Reset:LockTimeoutSeconds must be from 0.1")]
+    [InlineData("Ingest:MaxBodyBytes", "0", "Ingest:MaxBodyBytes must be a positive number")]
+    [InlineData("Ingest:StallSeconds", "0", "Ingest:StallSeconds must be from 1")]
     [InlineData("Idempotency:Retention", "a day", "'a day' at 'Idempotency:Retention'")]
     public void A_bad_setting_stops_the_start_and_names_the_setting(string key, string value, string message)
     {

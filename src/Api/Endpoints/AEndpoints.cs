@@ -4,6 +4,7 @@ using AsyncOrmApi.Idempotency;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.AspNetCore.Mvc;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Options;
 using Npgsql;
 
 namespace AsyncOrmApi.Endpoints;
@@ -18,9 +19,6 @@ public static class AEndpoints
     /// <summary>A PATCH body holds one string; far more than that is a mistake or an attack, not data.</summary>
     public const int MaxPatchBytes = 1024 * 1024;
 
-    /// <summary>The setting that bounds a POST /a body, in bytes (default 1 GiB).</summary>
-    public const string MaxIngestBytesSetting = "Ingest:MaxBodyBytes";
-    public const long DefaultMaxIngestBytes = 1024L * 1024 * 1024;
 
     public static IEndpointRouteBuilder MapA(this IEndpointRouteBuilder routes)
     {
@@ -74,9 +72,8 @@ public static class AEndpoints
             .Idempotent();
 
         // It adds data like POST /seed, so it takes the admin key like POST /seed.
-        var config = routes.ServiceProvider.GetRequiredService<IConfiguration>();
-        var maxIngest = config.GetValue(MaxIngestBytesSetting, DefaultMaxIngestBytes);
-        var minRate = NdJsonLines.MinRate.From(config);
+        var ingest = routes.ServiceProvider.GetRequiredService<IOptions<IngestOptions>>().Value;
+        var minRate = NdJsonLines.MinRate.From(ingest);
         a.MapGroup("").RequireAdminKey("POST /a").MapPost("/", (HttpRequest request,
             [FromHeader(Name = Preferences.Header)] string? prefer, AppDb db, HttpResponse response, CancellationToken ct) =>
             Ingest(request, prefer, minRate, db, response, ct)).WithName("IngestA")
@@ -90,11 +87,11 @@ public static class AEndpoints
                 + "An id that exists is a 409 naming its line, unless `Prefer` says what to do with it: then the answer is 200 "
                 + "with `Preference-Applied` and what happened to each table, `{\"a\": {\"inserted\", \"updated\", \"unchanged\"}, \"b\": {…}}`. "
                 + "A merge writes only the rows that differ: a re-run on identical data changes nothing. "
-                + $"The body may be up to {MaxIngestBytesSetting} bytes (default 1 GiB). A body that comes slower than "
-                + $"{NdJsonLines.MinRate.BytesPerSecondSetting} ({NdJsonLines.MinRate.DefaultBytesPerSecond:N0}) bytes a second for "
-                + $"{NdJsonLines.MinRate.WindowSetting} ({NdJsonLines.MinRate.DefaultWindowSeconds}) seconds is cut with 408 and nothing is added.")
+                + "The body may be up to Ingest:MaxBodyBytes bytes (default 1 GiB). A body that comes slower than "
+                + $"Ingest:MinBytesPerSecond ({IngestOptions.DefaultMinBytesPerSecond:N0}) bytes a second for "
+                + $"Ingest:StallSeconds ({IngestOptions.DefaultStallSeconds}) seconds is cut with 408 and nothing is added.")
             .Accepts<NewA>(NdJsonLines.MediaType)
-            .WithMetadata(new RequestSizeLimitAttribute(maxIngest))
+            .WithMetadata(new RequestSizeLimitAttribute(ingest.MaxBodyBytes))
             .ProducesProblem(StatusCodes.Status400BadRequest)
             .ProducesProblem(StatusCodes.Status408RequestTimeout)
             .ProducesProblem(StatusCodes.Status413PayloadTooLarge)

@@ -2,6 +2,7 @@ using AsyncOrmApi.Data;
 using AsyncOrmApi.Http;
 using AsyncOrmApi.Idempotency;
 using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.Extensions.Options;
 using Npgsql;
 
 namespace AsyncOrmApi.Endpoints;
@@ -14,14 +15,10 @@ public static class AdminEndpoints
     static readonly ParameterRule Count = new("count",
         $"count must be an integer from 1 to {MaxCopies:N0}: the copies of the graph to add, in one transaction (default 1).");
 
-    /// <summary>How long POST /reset tries to get the tables before it answers 503 (seconds, default 3).</summary>
-    public const string ResetLockSetting = "Reset:LockTimeoutSeconds";
-    public const double DefaultResetLockSeconds = 3;
-
     public static IEndpointRouteBuilder MapAdmin(this IEndpointRouteBuilder routes)
     {
-        var lockWait = TimeSpan.FromSeconds(routes.ServiceProvider.GetRequiredService<IConfiguration>()
-            .GetValue(ResetLockSetting, DefaultResetLockSeconds));
+        // How long POST /reset tries to get the tables before it answers 503.
+        var lockWait = TimeSpan.FromSeconds(routes.ServiceProvider.GetRequiredService<IOptions<ResetOptions>>().Value.LockTimeoutSeconds);
         var admin = routes.MapGroup("/").WithTags("Admin").RequireAdminKey("POST /reset, POST /seed")
             .ProducesProblem(StatusCodes.Status503ServiceUnavailable)
             .WriteLimited()
@@ -32,7 +29,7 @@ public static class AdminEndpoints
             .WithSummary("Drops and creates the tables a and b (all rows are lost)")
             .WithDescription("The seed's `drop_all` and `create_all`, in one transaction: only the tables a and b, "
                 + "which come back empty with their sequences restarted. While other transactions use the tables (an "
-                + $"ingest, a long read) it waits up to {ResetLockSetting} ({DefaultResetLockSeconds:0} s) for them, then "
+                + $"ingest, a long read) it waits up to Reset:LockTimeoutSeconds ({ResetOptions.DefaultLockTimeoutSeconds:0} s) for them, then "
                 + "answers 503 with Retry-After; reads never queue behind it for longer than a moment.");
         admin.MapPost("/seed", Seed).WithName("Seed")
             .WithSummary("Adds the seed's graph: A a1 with 2 B, a2 with 1, a3 with 2")

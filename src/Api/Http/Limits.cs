@@ -1,37 +1,38 @@
 using System.Threading.RateLimiting;
 using Microsoft.AspNetCore.Http.Timeouts;
 using Microsoft.AspNetCore.RateLimiting;
+using Microsoft.Extensions.Options;
 
 namespace AsyncOrmApi.Http;
 
 /// <summary>
-/// Protection with what ASP.NET Core ships: per-client rate limits (a write budget, and a read budget for the
+/// Protection with what ASP.NET Core ships, each bound a typed setting (LimitOptions.cs): per-client rate limits (a write budget, and a read budget for the
 /// expensive reads) answered with 429 and Retry-After, and a request timeout answered with 504 that cancels the
 /// request's PostgreSQL query. Limits are counted per API process: several processes behind a load balancer
 /// each allow the full budget.
 /// </summary>
 public static class Limits
 {
-    public const string WritesSetting = "RateLimit:WritesPerMinute";
-    public const string ReadsSetting = "RateLimit:ReadsPerMinute";
-    public const string TimeoutSetting = "Timeouts:RequestSeconds";
-    public const string ShutdownSetting = "Shutdown:TimeoutSeconds";
-    public const int DefaultShutdownSeconds = 30;
-    public const int DefaultWritesPerMinute = 1_200;
-    public const int DefaultRequestSeconds = 30;
-
     const string Writes = "writes";
     const string Reads = "reads";
 
     public static WebApplicationBuilder AddLimits(this WebApplicationBuilder builder)
     {
-        var config = builder.Configuration;
-        // Development is for trying things: no budget unless one is set. Elsewhere writes have one by default;
-        // reads only once it is set. 0 turns a budget off.
-        var writes = config.GetValue<int?>(WritesSetting) ?? (builder.Environment.IsDevelopment() ? 0 : DefaultWritesPerMinute);
-        var reads = config.GetValue<int?>(ReadsSetting) ?? 0;
-        builder.Services.AddRateLimiter(o =>
+        var services = builder.Services;
+        Typed<RateLimitOptions>(services, RateLimitOptions.Section);
+        Typed<TimeoutOptions>(services, TimeoutOptions.Section);
+        Typed<ShutdownOptions>(services, ShutdownOptions.Section);
+        Typed<StreamOptions>(services, StreamOptions.Section);
+        Typed<ResetOptions>(services, ResetOptions.Section);
+        Typed<IngestOptions>(services, IngestOptions.Section);
+
+        services.AddRateLimiter(_ => { });
+        services.AddOptions<RateLimiterOptions>().Configure<IOptions<RateLimitOptions>, IHostEnvironment>((o, limits, env) =>
         {
+            // Development is for trying things: no budget unless one is set. Elsewhere writes have one by default;
+            // reads only once it is set. 0 turns a budget off.
+            var writes = limits.Value.WritesPerMinute ?? (env.IsDevelopment() ? 0 : RateLimitOptions.DefaultWritesPerMinute);
+            var reads = limits.Value.ReadsPerMinute ?? 0;
             o.AddPolicy(Writes, http => PerClient(http, writes));
             o.AddPolicy(Reads, http => PerClient(http, reads));
             o.RejectionStatusCode = StatusCodes.Status429TooManyRequests;
@@ -41,22 +42,30 @@ public static class Limits
         });
 
         // Caps on the long requests (streams, ingests, change feed subscriptions).
-        builder.Services.AddSingleton<StreamSlots>();
+        services.AddSingleton<StreamSlots>();
 
         // On SIGTERM: requests in flight get this long to finish (a stream its rest, an ingest its body); then their
         // connections are cut, and an ingest cut so is rolled back. Change feed subscriptions end at once.
-        var shutdown = config.GetValue(ShutdownSetting, DefaultShutdownSeconds);
-        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(shutdown));
+        services.AddOptions<HostOptions>().Configure<IOptions<ShutdownOptions>>((o, shutdown) =>
+            o.ShutdownTimeout = TimeSpan.FromSeconds(shutdown.Value.TimeoutSeconds));
 
-        var seconds = config.GetValue(TimeoutSetting, DefaultRequestSeconds);
-        builder.Services.AddRequestTimeouts(o => o.DefaultPolicy = new RequestTimeoutPolicy
+        services.AddRequestTimeouts(_ => { });
+        services.AddOptions<RequestTimeoutOptions>().Configure<IOptions<TimeoutOptions>>((o, timeouts) =>
         {
-            Timeout = TimeSpan.FromSeconds(seconds),
-            TimeoutStatusCode = StatusCodes.Status504GatewayTimeout,
-            WriteTimeoutResponse = http => Problems.TimedOut(seconds).ExecuteAsync(http),
+            var seconds = timeouts.Value.RequestSeconds;
+            o.DefaultPolicy = new RequestTimeoutPolicy
+            {
+                Timeout = TimeSpan.FromSeconds(seconds),
+                TimeoutStatusCode = StatusCodes.Status504GatewayTimeout,
+                WriteTimeoutResponse = http => Problems.TimedOut(seconds).ExecuteAsync(http),
+            };
         });
         return builder;
     }
+
+    /// <summary>A section bound to its options class, checked at start (eShop's way).</summary>
+    public static void Typed<T>(IServiceCollection services, string section) where T : class =>
+        services.AddOptions<T>().BindConfiguration(section).ValidateDataAnnotations().ValidateOnStart();
 
     public static WebApplication UseLimits(this WebApplication app)
     {

@@ -36,13 +36,7 @@ public static class NdJsonLines
     /// </summary>
     public sealed record MinRate(int BytesPerSecond, TimeSpan Window)
     {
-        public const string BytesPerSecondSetting = "Ingest:MinBytesPerSecond";
-        public const string WindowSetting = "Ingest:StallSeconds";
-        public const int DefaultBytesPerSecond = 1024;
-        public const int DefaultWindowSeconds = 10;
-
-        public static MinRate From(IConfiguration config) => new(config.GetValue(BytesPerSecondSetting, DefaultBytesPerSecond),
-            TimeSpan.FromSeconds(config.GetValue(WindowSetting, DefaultWindowSeconds)));
+        public static MinRate From(IngestOptions ingest) => new(ingest.MinBytesPerSecond, TimeSpan.FromSeconds(ingest.StallSeconds));
     }
 
     /// <summary>The body's A in line order, in batches (blank lines are skipped, but counted in the line numbers of errors).</summary>

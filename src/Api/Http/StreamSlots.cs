@@ -16,9 +16,6 @@ namespace AsyncOrmApi.Http;
 /// </summary>
 public sealed class StreamSlots : IDisposable
 {
-    public const string PerClientSetting = "Streams:PerClient";
-    public const string TotalSetting = "Streams:Total";
-    public const int DefaultPerClient = 4;
 
     /// <summary>
     /// What a client over a cap is told to wait. A slot frees when a stream ends, which nobody can foresee; a stream
@@ -29,11 +26,11 @@ public sealed class StreamSlots : IDisposable
     public Cap Streams { get; }
     public Cap Subscribers { get; }
 
-    public StreamSlots(IConfiguration config, IOptions<Changes.ChangeFeedOptions> feed, IMeterFactory meters)
+    public StreamSlots(IConfiguration config, IOptions<StreamOptions> streams, IOptions<Changes.ChangeFeedOptions> feed, IMeterFactory meters)
     {
         // Half the pool by default (Npgsql's Max Pool Size is 100 unless the connection string says otherwise).
         var pool = new NpgsqlConnectionStringBuilder(Database.ConnectionString(config)).MaxPoolSize;
-        Streams = new Cap("stream", config.GetValue(PerClientSetting, DefaultPerClient), config.GetValue(TotalSetting, Math.Max(1, pool / 2)));
+        Streams = new Cap("stream", streams.Value.PerClient, streams.Value.Total ?? Math.Max(1, pool / 2));
         Subscribers = new Cap("subscription", feed.Value.SubscribersPerClient, feed.Value.MaxSubscribers);
 
         var meter = meters.Create("AsyncOrmApi");

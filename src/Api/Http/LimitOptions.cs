@@ -1,0 +1,78 @@
+using System.ComponentModel.DataAnnotations;
+
+namespace AsyncOrmApi.Http;
+
+// The limits' settings, a class a section, checked when the process starts (Limits.AddLimits): a bad value stops the start
+// with a message that names the setting and its rule.
+
+/// <summary>Section <c>RateLimit</c>: budgets per client and minute; 0 turns one off.</summary>
+public sealed class RateLimitOptions
+{
+    public const string Section = "RateLimit";
+    public const int DefaultWritesPerMinute = 1_200;
+
+    /// <summary>Unset: 1,200 outside Development, off in Development.</summary>
+    [Range(0, int.MaxValue, ErrorMessage = "RateLimit:WritesPerMinute must be 0 (off) or a positive integer (default 1,200 outside Development).")]
+    public int? WritesPerMinute { get; set; }
+
+    [Range(0, int.MaxValue, ErrorMessage = "RateLimit:ReadsPerMinute must be 0 (off) or a positive integer (default off).")]
+    public int? ReadsPerMinute { get; set; }
+}
+
+/// <summary>Section <c>Timeouts</c>.</summary>
+public sealed class TimeoutOptions
+{
+    public const string Section = "Timeouts";
+
+    [Range(1, 86_400, ErrorMessage = "Timeouts:RequestSeconds must be from 1 to 86,400 (default 30): a request's time before its 504.")]
+    public int RequestSeconds { get; set; } = 30;
+}
+
+/// <summary>Section <c>Shutdown</c>.</summary>
+public sealed class ShutdownOptions
+{
+    public const string Section = "Shutdown";
+
+    [Range(0, 86_400, ErrorMessage = "Shutdown:TimeoutSeconds must be from 0 to 86,400 (default 30): the time in-flight requests get on SIGTERM.")]
+    public int TimeoutSeconds { get; set; } = 30;
+}
+
+/// <summary>Section <c>Streams</c>: concurrent GET /a/stream and POST /a.</summary>
+public sealed class StreamOptions
+{
+    public const string Section = "Streams";
+
+    [Range(1, 1_000_000, ErrorMessage = "Streams:PerClient must be from 1 to 1,000,000 (default 4).")]
+    public int PerClient { get; set; } = 4;
+
+    /// <summary>Unset: half of the connection string's Max Pool Size.</summary>
+    [Range(1, 1_000_000, ErrorMessage = "Streams:Total must be from 1 to 1,000,000 (default half of Max Pool Size).")]
+    public int? Total { get; set; }
+}
+
+/// <summary>Section <c>Reset</c>.</summary>
+public sealed class ResetOptions
+{
+    public const string Section = "Reset";
+    public const double DefaultLockTimeoutSeconds = 3;
+
+    [Range(0.1, 3_600, ErrorMessage = "Reset:LockTimeoutSeconds must be from 0.1 to 3,600 (default 3): how long POST /reset waits for the tables.")]
+    public double LockTimeoutSeconds { get; set; } = DefaultLockTimeoutSeconds;
+}
+
+/// <summary>Section <c>Ingest</c>: the bounds of a POST /a body.</summary>
+public sealed class IngestOptions
+{
+    public const string Section = "Ingest";
+    public const int DefaultMinBytesPerSecond = 1024;
+    public const int DefaultStallSeconds = 10;
+
+    [Range(1L, long.MaxValue, ErrorMessage = "Ingest:MaxBodyBytes must be a positive number of bytes (default 1073741824, 1 GiB).")]
+    public long MaxBodyBytes { get; set; } = 1024L * 1024 * 1024;
+
+    [Range(0, int.MaxValue, ErrorMessage = "Ingest:MinBytesPerSecond must be 0 or more (default 1,024): the least a body brings a second.")]
+    public int MinBytesPerSecond { get; set; } = DefaultMinBytesPerSecond;
+
+    [Range(1, 3_600, ErrorMessage = "Ingest:StallSeconds must be from 1 to 3,600 (default 10): the window the minimum rate is measured over.")]
+    public int StallSeconds { get; set; } = DefaultStallSeconds;
+}

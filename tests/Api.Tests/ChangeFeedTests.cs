@@ -2,7 +2,6 @@ using System.Net;
 using System.Net.Http.Json;
 using System.Net.Sockets;
 using System.Text;
-using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Mvc.Testing;
 using Npgsql;
 using Testcontainers.PostgreSql;
@@ -173,9 +172,7 @@ public sealed class ChangeFeedTests(ApiFactory api) : ApiTest(api)
     public async Task A_slow_subscriber_is_cut_and_resumes_while_the_others_get_everything()
     {
         // On a real socket: an in-memory test server has no socket buffers to fill.
-        await using var app = Api.With(("ChangeFeed:MaxLag", "1000"));
-        app.UseKestrel(0);
-        app.StartServer();
+        await using var app = Api.OnKestrel(("ChangeFeed:MaxLag", "1000"));
         using var client = new HttpClient { BaseAddress = ApiFactory.AddressOf(app) };
         await using var fast = await Sse.OpenAsync(client);
 

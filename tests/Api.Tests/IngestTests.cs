@@ -133,9 +133,7 @@ public sealed class IngestTests(ApiFactory api) : ApiTest(api)
     [Fact]
     public async Task The_body_limit_is_a_setting_and_over_it_nothing_is_added()
     {
-        await using var small = Api.WithWebHostBuilder(b => b.UseSetting("Ingest:MaxBodyBytes", "100000"));
-        small.UseKestrel(0);
-        small.StartServer();
+        await using var small = Api.OnKestrel(("Ingest:MaxBodyBytes", "100000"));
         using var client = new HttpClient { BaseAddress = ApiFactory.AddressOf(small) };
         var before = await Api.SnapshotAsync();
         var problem = await ProblemAsync(await client.PostAsync("/a", NdJson(Lines(20_000))), HttpStatusCode.RequestEntityTooLarge);

@@ -80,14 +80,7 @@ public sealed class OutageTests(ApiFactory api) : ApiTest(api)
         }
 
         // Back by itself: the first requests may still meet connections the restart cut.
-        HttpStatusCode status = default;
-        for (var attempt = 0; attempt < 50 && status != HttpStatusCode.OK; attempt++)
-        {
-            status = (await client.GetAsync("/health/ready")).StatusCode;
-            if (status != HttpStatusCode.OK)
-                await Task.Delay(200);
-        }
-        Assert.Equal(HttpStatusCode.OK, status);
+        await EventuallyAsync("the API ready again", async () => (await client.GetAsync("/health/ready")).StatusCode == HttpStatusCode.OK);
         Equivalent(SeedGraph(firstData: "kept"), await JsonArrayAsync(await client.GetAsync("/a")));
         Assert.Equal(HttpStatusCode.OK, (await client.GetAsync("/a/first")).StatusCode);
     }
@@ -120,9 +113,7 @@ public sealed class OutageTests(ApiFactory api) : ApiTest(api)
     public async Task Shutting_down_lets_an_in_flight_stream_finish()
     {
         await Api.SeedAsync(20_000);
-        await using var app = Api.WithWebHostBuilder(_ => { });
-        app.UseKestrel(0);
-        app.StartServer();
+        await using var app = Api.OnKestrel();
         using var client = new HttpClient { BaseAddress = ApiFactory.AddressOf(app) };
         using var response = await client.GetAsync("/a/stream", HttpCompletionOption.ResponseHeadersRead);
         await using var body = await response.Content.ReadAsStreamAsync();
@@ -155,16 +146,11 @@ public sealed class OutageTests(ApiFactory api) : ApiTest(api)
 
         // The query ends cancelled (a rolled-back transaction), not read to its end. PostgreSQL publishes an
         // idle backend's counters up to ten seconds late, hence the generous bound.
-        var stopped = false;
-        for (var attempt = 0; attempt < 150 && !stopped; attempt++)
-        {
-            await Task.Delay(200);
-            stopped = await Api.ScalarAsync<long>("""
-                    SELECT count(*) FROM pg_stat_activity
-                    WHERE datname = current_database() AND state = 'active' AND query LIKE '%LEFT JOIN b%' AND pid <> pg_backend_pid()
-                    """) == 0
-                && await Api.ScalarAsync<long>(Rollbacks) > rollbacksBefore;
-        }
-        Assert.True(stopped, "the stream's query was cancelled on the server");
+        await EventuallyAsync("the stream's query cancelled on the server", async () =>
+            await Api.ScalarAsync<long>("""
+                SELECT count(*) FROM pg_stat_activity
+                WHERE datname = current_database() AND state = 'active' AND query LIKE '%LEFT JOIN b%' AND pid <> pg_backend_pid()
+                """) == 0
+            && await Api.ScalarAsync<long>(Rollbacks) > rollbacksBefore, seconds: 30);
     }
 }

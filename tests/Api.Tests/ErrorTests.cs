@@ -69,6 +69,27 @@ public sealed class ErrorTests(ApiFactory api) : ApiTest(api)
         { "GET", "/reset", null, null, 405, "GET" },
     };
 
+    [Theory]
+    [InlineData("GET", "/a?limit=abc", null, "limit", "limit must be an integer from 1 to 10,000", "It was 'abc'.")]
+    [InlineData("GET", "/a?limit=0", null, "limit", "limit must be an integer from 1 to 10,000", "It was '0'.")]
+    [InlineData("GET", "/a?after=x", null, "after", "after must be an integer", "It was 'x'.")]
+    [InlineData("POST", "/seed?count=many", null, "count", "count must be an integer from 1 to 1,000,000", "It was 'many'.")]
+    [InlineData("POST", "/seed?count=0", null, "count", "count must be an integer from 1 to 1,000,000", "It was '0'.")]
+    [InlineData("GET", "/a/first", "0/XYZ", "Consistency-Token", "Consistency-Token must be a WAL position", "It was '0/XYZ'.")]
+    public async Task A_parameter_of_another_type_or_out_of_range_answers_one_400_with_its_rule(
+        string method, string path, string? token, string name, string rule, string was)
+    {
+        var request = new HttpRequestMessage(new HttpMethod(method), path);
+        if (token is not null)
+            request.Headers.TryAddWithoutValidation("Consistency-Token", token);
+        var problem = await ProblemAsync(await Client.SendAsync(request), HttpStatusCode.BadRequest);
+        Assert.Equal("One or more validation errors occurred.", problem.GetProperty("title").GetString());
+        var message = Assert.Single(problem.GetProperty("errors").GetProperty(name).EnumerateArray()).GetString()!;
+        Assert.StartsWith(rule, message);
+        Assert.EndsWith(was, message);
+        Assert.Equal(message, problem.GetProperty("detail").GetString());
+    }
+
     [Fact]
     public async Task A_body_over_the_limit_is_413_and_changes_nothing()
     {

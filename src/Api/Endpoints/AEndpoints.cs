@@ -107,12 +107,11 @@ public static class AEndpoints
     }
 
     static async Task<Results<Ok<List<ADto>>, ValidationProblem>> GetPage(int? limit, int? after,
-        [FromHeader(Name = Consistency.Header)] string? consistencyToken, AppDb db, Replicas replicas, HttpContext http, CancellationToken ct)
+        [FromHeader(Name = Consistency.Header)] ConsistencyToken? consistencyToken, AppDb db, Replicas replicas, HttpContext http, CancellationToken ct)
     {
-        if (Paging.Check(limit) is { } invalid)
+        if (Paging.Limit.Check(limit) is { } invalid)
             return invalid;
-        if (!Consistency.TryRead(consistencyToken, out var token))
-            return Consistency.Malformed(consistencyToken!);
+        var token = consistencyToken?.Lsn;
         var take = limit ?? Paging.DefaultLimit;
         var page = await replicas.ReadAsync(db, token, db => Queries.PageAsync(db, Paging.Start(after), take, ct), ct);
         if (page.More)
@@ -121,11 +120,10 @@ public static class AEndpoints
     }
 
     static async Task<Results<Ok<ADto>, StatusCodeHttpResult, ValidationProblem, ProblemHttpResult>> GetFirst(
-        [FromHeader(Name = "If-None-Match")] string? ifNoneMatch, [FromHeader(Name = Consistency.Header)] string? consistencyToken,
+        [FromHeader(Name = "If-None-Match")] string? ifNoneMatch, [FromHeader(Name = Consistency.Header)] ConsistencyToken? consistencyToken,
         AppDb db, Replicas replicas, HttpResponse response, CancellationToken ct)
     {
-        if (!Consistency.TryRead(consistencyToken, out var token))
-            return Consistency.Malformed(consistencyToken!);
+        var token = consistencyToken?.Lsn;
         // xmin is the same on a standby as on the primary for the same row version: ETags hold on either.
         if (await replicas.ReadAsync(db, token, db => Queries.FirstAsync(db, ct), ct) is not { } first)
             return Problems.NoA();
@@ -136,10 +134,9 @@ public static class AEndpoints
     }
 
     static async Task<Results<AStreamResult, ValidationProblem>> Stream(int? after,
-        [FromHeader(Name = Consistency.Header)] string? consistencyToken, AppDb db, Replicas replicas, HttpResponse response, CancellationToken ct)
+        [FromHeader(Name = Consistency.Header)] ConsistencyToken? consistencyToken, AppDb db, Replicas replicas, HttpResponse response, CancellationToken ct)
     {
-        if (!Consistency.TryRead(consistencyToken, out var token))
-            return Consistency.Malformed(consistencyToken!);
+        var token = consistencyToken?.Lsn;
         // The standby connection stays lent until the stream has been written.
         response.RegisterForDisposeAsync(await replicas.ReadFromStandbyAsync(db, token, ct));
         return new AStreamResult(Queries.AllA(db, Paging.Start(after)));

@@ -13,7 +13,7 @@ public static class AdminEndpoints
     public const int MaxCopies = 1_000_000;
 
     static readonly ParameterRule Count = new("count",
-        $"count must be an integer from 1 to {MaxCopies:N0}: the copies of the graph to add, in one transaction (default 1).");
+        $"count must be an integer from 1 to {MaxCopies:N0}: the copies of the graph to add, in one transaction (default 1).", 1, MaxCopies);
 
     public static IEndpointRouteBuilder MapAdmin(this IEndpointRouteBuilder routes)
     {
@@ -57,8 +57,8 @@ public static class AdminEndpoints
 
     static async Task<Results<Created<RowCounts>, ValidationProblem>> Seed(AppDb db, CancellationToken ct, int count = 1)
     {
-        if (count is < 1 or > MaxCopies)
-            return Problems.Invalid(Count.Name, $"{Count.Rule} It was {count}.");
+        if (Count.Check(count) is { } invalid)
+            return invalid;
 
         var (a, b) = await db.AddCopiesAsync(count, ct);
         return TypedResults.Created("/a", new RowCounts(a, b));

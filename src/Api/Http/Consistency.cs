@@ -18,21 +18,6 @@ public static class Consistency
         + "write (a standby answers only once it has replayed it, else the primary does). Without it a read may lag "
         + "the last writes by the replication delay.");
 
-    /// <summary>The token a read sent, if any; false when it is not a WAL position.</summary>
-    public static bool TryRead(string? text, out NpgsqlLogSequenceNumber? token)
-    {
-        token = null;
-        if (string.IsNullOrEmpty(text))
-            return true;
-        if (!NpgsqlLogSequenceNumber.TryParse(text, out var lsn))
-            return false;
-        token = lsn;
-        return true;
-    }
-
-    public static Microsoft.AspNetCore.Http.HttpResults.ValidationProblem Malformed(string text) =>
-        Problems.Invalid(Header, $"{Token.Rule} It was '{text}'.");
-
     /// <summary>
     /// Answers a write with its token: the WAL position after its commit, read from the primary it ran on. One round trip
     /// of its own, after the commit: a position read inside the transaction would come before its commit record.
@@ -40,4 +25,19 @@ public static class Consistency
     public static async Task QueryAndSetAsync(AppDb db, HttpResponse response, CancellationToken ct) =>
         response.Headers[Header] = await db.Database
             .SqlQuery<string>($"SELECT pg_current_wal_insert_lsn()::text AS \"Value\"").SingleAsync(ct);
+}
+
+/// <summary>
+/// The request header <c>Consistency-Token</c>: a WAL position such as <c>0/16B3748</c>. Minimal APIs bind it by its
+/// TryParse; a value that is none answers the parameter's 400 (<see cref="Consistency.Token"/>).
+/// </summary>
+public readonly record struct ConsistencyToken(NpgsqlLogSequenceNumber Lsn)
+{
+    public static bool TryParse(string? text, out ConsistencyToken token)
+    {
+        NpgsqlLogSequenceNumber lsn = default;
+        var parsed = text is not null && NpgsqlLogSequenceNumber.TryParse(text, out lsn);
+        token = new ConsistencyToken(lsn);
+        return parsed;
+    }
 }

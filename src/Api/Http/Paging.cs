@@ -1,5 +1,3 @@
-using Microsoft.AspNetCore.Http.HttpResults;
-
 namespace AsyncOrmApi.Http;
 
 /// <summary>
@@ -12,16 +10,13 @@ public static class Paging
     public const int MaxLimit = 10_000;
 
     public static readonly ParameterRule Limit = new("limit",
-        $"limit must be an integer from 1 to {MaxLimit:N0}: the most A a page holds (default {DefaultLimit:N0}).");
+        $"limit must be an integer from 1 to {MaxLimit:N0}: the most A a page holds (default {DefaultLimit:N0}).", 1, MaxLimit);
 
     public static readonly ParameterRule After = new("after",
         "after must be an integer: the id of the last A already received; only A with a greater id follow (default: from the start).");
 
     /// <summary>When <c>after</c> is absent: every id is greater than this.</summary>
     public static int Start(int? after) => after ?? int.MinValue;
-
-    public static ValidationProblem? Check(int? limit) =>
-        limit is null or (>= 1 and <= MaxLimit) ? null : Problems.Invalid(Limit.Name, $"{Limit.Rule} It was {limit}.");
 
     /// <summary>Points the client at the page after <paramref name="lastId"/>, relative to this request's URL.</summary>
     public static void SetNext(HttpContext http, int lastId, int limit) =>

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using System.Text.RegularExpressions;
 using AsyncOrmApi.Data;
 using Microsoft.AspNetCore.Diagnostics;
 using Microsoft.AspNetCore.Http.HttpResults;
@@ -173,8 +174,11 @@ public static class Problems
                 // 408: a body that stalled. The rest of it is not waited for: the connection closes after this answer.
                 if (bad.StatusCode == StatusCodes.Status408RequestTimeout)
                     http.Response.Headers.Connection = "close";
-                problem = TypedResults.Problem(statusCode: bad.StatusCode,
-                    title: bad.StatusCode == StatusCodes.Status400BadRequest ? "Bad request" : null, detail: Describe(http, bad));
+                // A parameter the framework could not bind answers as one out of range does: its rule, and what it was.
+                problem = bad.InnerException is null && Unbound(http, bad) is var (rule, value)
+                    ? rule.Bad(value)
+                    : TypedResults.Problem(statusCode: bad.StatusCode,
+                        title: bad.StatusCode == StatusCodes.Status400BadRequest ? "Bad request" : null, detail: Describe(http, bad));
             }
             else if (Outage.Is(exception))
             {
@@ -207,20 +211,38 @@ public static class Problems
             JsonException { Path: { } path } json when json.Message.StartsWith("The JSON value could not be converted") =>
                 $"{bad.Message} The value at {path} has the wrong type (line {json.LineNumber}, byte {json.BytePositionInLine}).",
             JsonException json => $"{bad.Message} {json.Message}",
-            _ when RuleFor(http, bad) is { } rule => $"{bad.Message} {rule.Rule}",
             _ => bad.Message,
         };
 
-        // The framework names a parameter it could not bind ("Failed to bind parameter \"int? limit\" from \"abc\".")
-        // but not what it accepts: the endpoint's rule for that parameter says it.
-        static ParameterRule? RuleFor(HttpContext http, BadHttpRequestException bad) =>
-            Endpoints.Of(http)?.Metadata.GetOrderedMetadata<ParameterRule>()
-                .FirstOrDefault(r => bad.Message.Contains($" {r.Name}\" from ", StringComparison.Ordinal));
+        /// <summary>
+        /// The rule of the parameter the framework could not bind, and the value it was. The framework says which in words
+        /// only ("Failed to bind parameter \"ConsistencyToken? consistencyToken\" from \"abc\"."); the handler's parameter of
+        /// that name says the header or query name its rule goes by.
+        /// </summary>
+        static (ParameterRule Rule, string Value)? Unbound(HttpContext http, BadHttpRequestException bad)
+        {
+            var endpoint = Endpoints.Of(http);
+            if (endpoint?.Metadata.GetMetadata<System.Reflection.MethodInfo>() is not { } handler
+                || Regex.Match(bad.Message, "^Failed to bind parameter \"[^\"]* (?<name>\\w+)\" from \"(?<value>.*)\"\\.$") is not { Success: true } m)
+                return null;
+            var parameter = handler.GetParameters().FirstOrDefault(p => p.Name == m.Groups["name"].Value);
+            var name = (parameter?.GetCustomAttributes(false).OfType<Microsoft.AspNetCore.Http.Metadata.IFromHeaderMetadata>().FirstOrDefault())?.Name
+                ?? m.Groups["name"].Value;
+            return endpoint.Metadata.GetOrderedMetadata<ParameterRule>().FirstOrDefault(r => r.Name == name) is { } rule
+                ? (rule, m.Groups["value"].Value)
+                : null;
+        }
     }
 }
 
 /// <summary>
-/// What a query parameter accepts, in words: endpoint metadata that the OpenAPI document shows as the
-/// parameter's description and that a 400 for a value of the wrong type quotes.
+/// What a parameter (of the query or a header) accepts, in words, and for an integer its range: endpoint metadata that the
+/// OpenAPI document shows as the parameter's description, and the one 400 for it, whether its value is out of range
+/// (<see cref="Check"/>) or not of its type at all (the exception handler).
 /// </summary>
-public sealed record ParameterRule(string Name, string Rule);
+public sealed record ParameterRule(string Name, string Rule, int Min = int.MinValue, int Max = int.MaxValue)
+{
+    public ValidationProblem? Check(int? value) => value is null || (value >= Min && value <= Max) ? null : Bad(value.ToString()!);
+
+    public ValidationProblem Bad(string value) => Problems.Invalid(Name, $"{Rule} It was '{value}'.");
+}

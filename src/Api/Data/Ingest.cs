@@ -153,11 +153,12 @@ public static class Ingest
 
     /// <summary>
     /// Rows that name their ids. Ids above each table's largest id when the ingest began cannot exist: they are copied
-    /// straight in, as rows without ids are (a copy into empty tables takes only this path). The others are copied into
+    /// straight in, as rows without ids are (a copy into empty tables takes only this path: 0.87-1.01x the plain ingest). The others are copied into
     /// temporary tables and go in with one <c>INSERT … SELECT … ON CONFLICT</c> per table and batch, which first leaves
     /// out the rows equal to the stored ones: <c>ON CONFLICT DO UPDATE … WHERE</c> alone locks every conflicting row
     /// before it tests the WHERE, which writes WAL for each (51 MB for a no-op re-merge of 200,000 lines, against 0.1 MB
-    /// with the rows left out first; issue 21). <c>MERGE</c> is not used: PostgreSQL 15's has no RETURNING, and it races
+    /// with the rows left out first; issue 21; script/bench here: 0 rows written and 0.16-0.17 MB of WAL for a re-merge of
+    /// 1,000,000 lines, at 3.5-4.8x the speed of the plain ingest). <c>MERGE</c> is not used: PostgreSQL 15's has no RETURNING, and it races
     /// with itself under concurrency.
     /// </summary>
     sealed class Named(int topA, int topB)

@@ -197,6 +197,11 @@ public sealed class ApiFactory : WebApplicationFactory<Program>, IAsyncLifetime
         "SELECT coalesce((SELECT string_agg(format('a %s %L', id, data), E'\\n' ORDER BY id) FROM a), '') || E'\\n--\\n' || "
         + "coalesce((SELECT string_agg(format('b %s %s %L', id, a_id, data), E'\\n' ORDER BY id) FROM b), '')");
 
+    /// <summary>Every row with its version (xmin): a write that changed nothing leaves this as it was.</summary>
+    public Task<string> VersionsAsync() => ScalarAsync<string>(
+        "SELECT coalesce((SELECT string_agg(id || ':' || xmin, ',' ORDER BY id) FROM a), '') || '|' || "
+        + "coalesce((SELECT string_agg(id || ':' || xmin, ',' ORDER BY id) FROM b), '')");
+
     /// <summary>The SQL of every command the API sends to PostgreSQL while <paramref name="action"/> runs (Npgsql's own tracing).</summary>
     public async Task<List<string>> CapturedSqlAsync(Func<Task> action)
     {

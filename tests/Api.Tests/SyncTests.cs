@@ -32,16 +32,12 @@ public sealed class SyncTests(ApiFactory api) : ApiTest(api)
         return await response.Content.ReadAsStringAsync();
     }
 
-    Task<string> VersionsAsync() => Api.ScalarAsync<string>(
-        "SELECT coalesce((SELECT string_agg(id || ':' || xmin, ',' ORDER BY id) FROM a), '') || '|' || "
-        + "coalesce((SELECT string_agg(id || ':' || xmin, ',' ORDER BY id) FROM b), '')");
-
     /// <summary>Rows (a:ID, b:ID) new or with another version than in <paramref name="before"/>.</summary>
     async Task<HashSet<string>> ChangedSinceAsync(string before)
     {
         static Dictionary<string, string> Parse(string part, string table) => part.Split(',', StringSplitOptions.RemoveEmptyEntries)
             .Select(p => p.Split(':')).ToDictionary(p => $"{table}:{p[0]}", p => p[1]);
-        var (old, now) = (before.Split('|'), (await VersionsAsync()).Split('|'));
+        var (old, now) = (before.Split('|'), (await Api.VersionsAsync()).Split('|'));
         var (was, @is) = (Parse(old[0], "a").Concat(Parse(old[1], "b")).ToDictionary(), Parse(now[0], "a").Concat(Parse(now[1], "b")));
         return @is.Where(r => !was.TryGetValue(r.Key, out var v) || v != r.Value).Select(r => r.Key).ToHashSet();
     }
@@ -87,13 +83,13 @@ public sealed class SyncTests(ApiFactory api) : ApiTest(api)
         while ((await feed.TakeAsync(1))[0].RowData != "fence")
         {
         }
-        var before = await VersionsAsync();
+        var before = await Api.VersionsAsync();
         var wal = await Api.ScalarAsync<string>("SELECT pg_current_wal_lsn()::text");
         var again = await CountsAsync(await Client.SendAsync(Ingest(source, Merge)), Merge);
         Assert.Equal($"0 0 {a}", Counts(again, "a"));
         Assert.Equal($"0 0 {b}", Counts(again, "b"));
         Assert.InRange(await Api.ScalarAsync<decimal>($"SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{wal}')"), 0, 256 * 1024);
-        Assert.Equal(before, await VersionsAsync());
+        Assert.Equal(before, await Api.VersionsAsync());
         await Api.ExecuteAsync("INSERT INTO a (data) VALUES ('marker')");
         var next = Assert.Single(await feed.TakeAsync(1));
         Assert.Equal(("a.insert", "marker"), (next.Type, next.RowData));
@@ -110,7 +106,7 @@ public sealed class SyncTests(ApiFactory api) : ApiTest(api)
     {
         var source = await SourceAsync();
         var lines = source.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => JsonNode.Parse(l)!.AsObject()).ToList();
-        var before = await VersionsAsync();
+        var before = await Api.VersionsAsync();
         var want = new HashSet<string>();
         foreach (var line in lines.Skip(10).Take(10))
         {
@@ -208,12 +204,12 @@ public sealed class SyncTests(ApiFactory api) : ApiTest(api)
     public async Task A_body_with_bad_ids_is_400_naming_the_line_and_nothing_is_written(int line, string body, string names)
     {
         await Api.SeedAsync();
-        var before = await VersionsAsync();
+        var before = await Api.VersionsAsync();
         var problem = await ProblemAsync(await Client.SendAsync(Ingest(body, Merge)), HttpStatusCode.BadRequest);
         var detail = problem.GetProperty("detail").GetString()!;
         Assert.StartsWith($"Line {line} ", detail);
         Assert.Contains(names, detail);
-        Assert.Equal(before, await VersionsAsync());
+        Assert.Equal(before, await Api.VersionsAsync());
     }
 
     [Fact]
@@ -232,7 +228,7 @@ public sealed class SyncTests(ApiFactory api) : ApiTest(api)
     public async Task A_merge_whose_client_hangs_up_rolls_back()
     {
         await Api.SeedAsync();
-        var before = await VersionsAsync();
+        var before = await Api.VersionsAsync();
         var payload = Encoding.UTF8.GetBytes(string.Concat(Enumerable.Range(1, 30_000).Select(i => $$"""{"id": {{i}}, "data": "m{{i}}"}""" + "\n")));
         using (var tcp = new TcpClient())
         {
@@ -244,7 +240,7 @@ public sealed class SyncTests(ApiFactory api) : ApiTest(api)
             await EventuallyAsync("an open transaction", async () => await Api.OpenTransactionsAsync() > 0);
         }
         await EventuallyAsync("no open transaction", async () => await Api.OpenTransactionsAsync() == 0);
-        Assert.Equal(before, await VersionsAsync());
+        Assert.Equal(before, await Api.VersionsAsync());
     }
 
     [Fact]

@@ -189,33 +189,12 @@ public static class Ingest
                     staged.Add(id);
             }
             if (freshA > 0)
-                await using (var copy = await connection.BeginBinaryImportAsync("COPY a (id, data) FROM STDIN (FORMAT BINARY)", ct))
-                {
-                    foreach (var (id, _, data, _) in batch.As())
-                        if (id > topA)
-                        {
-                            copy.StartRow();
-                            copy.Write(id, NpgsqlDbType.Integer);
-                            WriteText(copy, data);
-                        }
-                    await copy.CompleteAsync(ct);
-                }
+                await CopyAsAsync(connection, batch, fresh: true, ct);
             var a = new RowChanges(freshA, 0, 0);
             if (staged.Count > 0)
             {
                 await StageAsync(connection, ct);
-                await using (var copy = await connection.BeginBinaryImportAsync("COPY ingest_a (id, data, line) FROM STDIN (FORMAT BINARY)", ct))
-                {
-                    foreach (var (id, line, data, _) in batch.As())
-                        if (id <= topA)
-                        {
-                            copy.StartRow();
-                            copy.Write(id, NpgsqlDbType.Integer);
-                            WriteText(copy, data);
-                            copy.Write(line, NpgsqlDbType.Integer);
-                        }
-                    await copy.CompleteAsync(ct);
-                }
+                await CopyAsAsync(connection, batch, fresh: false, ct);
                 a = Add(a, await ResolveAsync(connection, "a", "data", staged, resolution, ct));
             }
 
@@ -230,41 +209,57 @@ public static class Ingest
                     staged.Add(id);
             }
             if (freshB > 0)
-                await using (var copy = await connection.BeginBinaryImportAsync("COPY b (id, a_id, data) FROM STDIN (FORMAT BINARY)", ct))
-                {
-                    foreach (var (id, aId, _, data) in BsWithParents(batch))
-                        if (id > topB)
-                        {
-                            copy.StartRow();
-                            copy.Write(id, NpgsqlDbType.Integer);
-                            copy.Write(aId, NpgsqlDbType.Integer);
-                            WriteText(copy, data);
-                        }
-                    await copy.CompleteAsync(ct);
-                }
+                await CopyBsAsync(connection, batch, fresh: true, ct);
             var b = new RowChanges(freshB, 0, 0);
             if (staged.Count > 0)
             {
                 await StageAsync(connection, ct);
-                await using (var copy = await connection.BeginBinaryImportAsync("COPY ingest_b (id, a_id, data, line) FROM STDIN (FORMAT BINARY)", ct))
-                {
-                    foreach (var (id, aId, line, data) in BsWithParents(batch))
-                        if (id <= topB)
-                        {
-                            copy.StartRow();
-                            copy.Write(id, NpgsqlDbType.Integer);
-                            copy.Write(aId, NpgsqlDbType.Integer);
-                            WriteText(copy, data);
-                            copy.Write(line, NpgsqlDbType.Integer);
-                        }
-                    await copy.CompleteAsync(ct);
-                }
+                await CopyBsAsync(connection, batch, fresh: false, ct);
                 b = Add(b, await ResolveAsync(connection, "b", "a_id, data", staged, resolution, ct));
             }
             if (_stagedThisBatch)
                 await new NpgsqlCommand("TRUNCATE ingest_a, ingest_b", connection).ExecuteNonQueryAsync(ct);
             _stagedThisBatch = false;
             return (a, b);
+        }
+
+        /// <summary>
+        /// Copies the batch's A whose ids are above the table's largest (<paramref name="fresh"/>) straight into a, or the
+        /// others, with their line, into the staging table.
+        /// </summary>
+        async Task CopyAsAsync(NpgsqlConnection connection, NewRows batch, bool fresh, CancellationToken ct)
+        {
+            await using var copy = await connection.BeginBinaryImportAsync(
+                fresh ? "COPY a (id, data) FROM STDIN (FORMAT BINARY)" : "COPY ingest_a (id, data, line) FROM STDIN (FORMAT BINARY)", ct);
+            foreach (var (id, line, data, _) in batch.As())
+                if (id > topA == fresh)
+                {
+                    copy.StartRow();
+                    copy.Write(id, NpgsqlDbType.Integer);
+                    WriteText(copy, data);
+                    if (!fresh)
+                        copy.Write(line, NpgsqlDbType.Integer);
+                }
+            await copy.CompleteAsync(ct);
+        }
+
+        /// <summary>The same for the batch's Bs, each with its A's id.</summary>
+        async Task CopyBsAsync(NpgsqlConnection connection, NewRows batch, bool fresh, CancellationToken ct)
+        {
+            await using var copy = await connection.BeginBinaryImportAsync(fresh
+                ? "COPY b (id, a_id, data) FROM STDIN (FORMAT BINARY)"
+                : "COPY ingest_b (id, a_id, data, line) FROM STDIN (FORMAT BINARY)", ct);
+            foreach (var (id, aId, line, data) in BsWithParents(batch))
+                if (id > topB == fresh)
+                {
+                    copy.StartRow();
+                    copy.Write(id, NpgsqlDbType.Integer);
+                    copy.Write(aId, NpgsqlDbType.Integer);
+                    WriteText(copy, data);
+                    if (!fresh)
+                        copy.Write(line, NpgsqlDbType.Integer);
+                }
+            await copy.CompleteAsync(ct);
         }
 
         /// <summary>The Bs with their A's id and line.</summary>

@@ -16,7 +16,6 @@ public static class Database
         builder.Services.AddDbContextPool<AppDb>((services, options) => options
             .UseNpgsql(ConnectionString(services.GetRequiredService<IConfiguration>()), npgsql => npgsql
                 .ConfigureDataSource(source => Tune(source, "asyncormapi")))
-            .AddInterceptors(AppDb.RunningCommands.Instance)
             .EnableSensitiveDataLogging(logSql));
 
         // Reads on a standby when the connection string names several hosts.

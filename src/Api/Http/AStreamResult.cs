@@ -31,25 +31,32 @@ public sealed class AStreamResult(IAsyncEnumerable<ADto> source) : IResult, IEnd
         {
             if (!ndjson)
                 json.WriteStartArray();
+            var unflushed = 0L;
             for (var first = true; more; first = false, more = await rows.MoveNextAsync())
             {
+                var start = json.BytesCommitted;
                 JsonSerializer.Serialize(json, rows.Current, WireJson.Default.ADto);
                 json.Flush();
+                unflushed += json.BytesCommitted - start;
                 if (ndjson)
                 {
                     body.Write("\n"u8);
+                    unflushed++;
                     json.Reset();
                 }
-                // The first row goes out at once; after that, full windows only.
-                if (first || body.UnflushedBytes >= FlushBytes)
+                // The first row goes out at once; after that, full windows only. The window is counted here, not read from
+                // body.UnflushedBytes: once a client has gone, Kestrel drops the writes and that stays 0, so the loop never
+                // flushed or yielded again. Each stream then held a thread-pool thread until its whole result was read, the
+                // aborts that would stop them queued behind them (115-133 work items pending, 2 done a second), and at 40-50
+                // streams whose clients left at once /health/live took 15-28 s (issue 16).
+                if (first || unflushed >= FlushBytes)
                 {
+                    unflushed = 0;
                     if (await body.FlushAsync(ct) is { IsCompleted: true } or { IsCanceled: true })
                         break;
-                    // Once a client has gone, Kestrel takes its writes without a word until the abort reaches the request,
-                    // through the thread pool's global queue; a stream's flushes complete on its local one, ahead of it.
-                    // 50 streams whose clients left at once so serialized their tables into nothing for 2-5 s, and
-                    // /health/live waited as long (issue 16). Yielding after each window lets the abort, and every other
-                    // request, take its turn; it costs one work item per 16 KB.
+                    // Kestrel takes those writes without a word until the abort reaches the request, through the thread
+                    // pool's global queue; a stream's flushes complete on its local one, ahead of it. Yielding after each
+                    // window lets the abort, and every other request, take its turn; it costs one work item per 16 KB.
                     await Task.Yield();
                 }
                 if (ct.IsCancellationRequested)

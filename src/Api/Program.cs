@@ -5,46 +5,58 @@ using AsyncOrmApi.Endpoints;
 using AsyncOrmApi.Http;
 using AsyncOrmApi.Idempotency;
 
-var builder = WebApplication.CreateBuilder(args);
+// A setting that is missing or invalid stops the process with one line that names it, and exit code 1: not a stack trace
+// and SIGABRT (134).
+try
+{
+    var builder = WebApplication.CreateBuilder(args);
 
-// Database: PostgreSQL through EF Core, one DbContext per request; health probes, readiness on it.
-builder.AddDatabase();
-builder.Services.AddHealth();
+    // Database: PostgreSQL through EF Core, one DbContext per request; health probes, readiness on it.
+    builder.AddDatabase();
+    builder.Services.AddHealth();
 
-// HTTP: one JSON setup, one error shape.
-builder.Services.ConfigureHttpJsonOptions(o => WireJson.Configure(o.SerializerOptions));
-builder.Services.AddProblems();
+    // HTTP: one JSON setup, one error shape.
+    builder.Services.ConfigureHttpJsonOptions(o => WireJson.Configure(o.SerializerOptions));
+    builder.Services.AddProblems();
 
-// OpenAPI document and Swagger UI, in every environment.
-builder.Services.AddApiDocs();
+    // OpenAPI document and Swagger UI, in every environment.
+    builder.Services.AddApiDocs();
 
-// Telemetry: OpenTelemetry traces and metrics, GET /metrics, JSON logs outside Development.
-builder.AddTelemetry();
+    // Telemetry: OpenTelemetry traces and metrics, GET /metrics, JSON logs outside Development.
+    builder.AddTelemetry();
 
-// Limits: per-client rate limits and request timeouts.
-builder.AddLimits();
+    // Limits: per-client rate limits and request timeouts.
+    builder.AddLimits();
 
-// The change feed: GET /a/changes, from PostgreSQL's logical replication.
-builder.AddChangeFeed();
+    // The change feed: GET /a/changes, from PostgreSQL's logical replication.
+    builder.AddChangeFeed();
 
-// Exactly-once writes: Idempotency-Key, its answers stored with the writes in PostgreSQL.
-builder.AddIdempotency();
+    // Exactly-once writes: Idempotency-Key, its answers stored with the writes in PostgreSQL.
+    builder.AddIdempotency();
 
-var app = builder.Build();
+    var app = builder.Build();
+    app.ValidateSettings();
 
-app.UseTelemetry();
-app.UseProblems();
-app.UseLimits();
-app.UseIdempotency();
-app.UseApiDocs();
+    app.UseTelemetry();
+    app.UseProblems();
+    app.UseLimits();
+    app.UseIdempotency();
+    app.UseApiDocs();
 
-await app.PrepareDatabaseAsync();
+    await app.PrepareDatabaseAsync();
 
-app.MapAdmin();
-app.MapA();
-app.MapChanges();
-app.MapHealth();
+    app.MapAdmin();
+    app.MapA();
+    app.MapChanges();
+    app.MapHealth();
 
-app.Run();
+    await app.RunAsync();
+}
+catch (Exception e) when (StartFailure.EndsTheProcess(e))
+{
+    Console.Error.WriteLine($"AsyncOrmApi did not start: {StartFailure.Describe(e)}");
+    return 1;
+}
+return 0;
 
 public partial class Program;

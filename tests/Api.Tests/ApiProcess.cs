@@ -29,24 +29,8 @@ public sealed class ApiProcess : IAsyncDisposable
 
     public static async Task<ApiProcess> StartAsync(string connectionString, params (string Name, string Value)[] environment)
     {
-        // tests/Api.Tests/bin/<Configuration>/<tfm>/ -> src/Api/bin/<Configuration>/<tfm>/AsyncOrmApi.dll
-        var bin = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar));
-        var root = bin.Parent!.Parent!.Parent!.Parent!.Parent!.FullName;
-        var dll = Path.Combine(root, "src", "Api", "bin", bin.Parent!.Name, bin.Name, "AsyncOrmApi.dll");
         var address = new Uri($"http://127.0.0.1:{ApiFactory.FreePort()}");
-        var start = new ProcessStartInfo("dotnet", [dll, "--urls", address.ToString()])
-        {
-            RedirectStandardOutput = true,
-            WorkingDirectory = Path.GetDirectoryName(dll)!,
-            Environment =
-            {
-                ["ASPNETCORE_ENVIRONMENT"] = "Production",
-                ["DOTNET_ENVIRONMENT"] = "Production",
-                ["ConnectionStrings__Default"] = connectionString,
-            },
-        };
-        foreach (var (name, value) in environment)
-            start.Environment[name] = value;
+        var start = StartInfo(address, [("ConnectionStrings__Default", connectionString), .. environment]);
         var api = new ApiProcess(Process.Start(start)!, address);
 
         using var probe = new HttpClient { BaseAddress = address };
@@ -65,7 +49,48 @@ public sealed class ApiProcess : IAsyncDisposable
             await Task.Delay(100);
         }
         await api.DisposeAsync();
-        throw new InvalidOperationException($"{dll} did not start: {string.Join('\n', api.Output)}");
+        throw new InvalidOperationException($"{start.Arguments} did not start: {string.Join('\n', api.Output)}");
+    }
+
+    /// <summary>Runs it until it exits by itself, as a start that fails does: its exit code, stdout and stderr.</summary>
+    public static async Task<(int ExitCode, string Output, string Errors)> RunToExitAsync(params (string Name, string? Value)[] environment)
+    {
+        var start = StartInfo(new Uri($"http://127.0.0.1:{ApiFactory.FreePort()}"), environment);
+        start.RedirectStandardError = true;
+        using var process = Process.Start(start)!;
+        var output = process.StandardOutput.ReadToEndAsync();
+        var errors = process.StandardError.ReadToEndAsync();
+        using var wait = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        await process.WaitForExitAsync(wait.Token);
+        return (process.ExitCode, await output, await errors);
+    }
+
+    static ProcessStartInfo StartInfo(Uri address, (string Name, string? Value)[] environment)
+    {
+        // tests/Api.Tests/bin/<Configuration>/<tfm>/ -> src/Api/bin/<Configuration>/<tfm>/AsyncOrmApi.dll
+        var bin = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar));
+        var root = bin.Parent!.Parent!.Parent!.Parent!.Parent!.FullName;
+        var dll = Path.Combine(root, "src", "Api", "bin", bin.Parent!.Name, bin.Name, "AsyncOrmApi.dll");
+        var start = new ProcessStartInfo("dotnet", [dll, "--urls", address.ToString()])
+        {
+            RedirectStandardOutput = true,
+            WorkingDirectory = Path.GetDirectoryName(dll)!,
+            Environment =
+            {
+                ["ASPNETCORE_ENVIRONMENT"] = "Production",
+                ["DOTNET_ENVIRONMENT"] = "Production",
+            },
+        };
+        // Nothing from the test run's own environment: the setting under test is the only one.
+        start.Environment.Remove("ConnectionStrings__Default");
+        foreach (var (name, value) in environment)
+        {
+            if (value is null)
+                start.Environment.Remove(name);
+            else
+                start.Environment[name] = value;
+        }
+        return start;
     }
 
     /// <summary>Stops it as an orchestrator does (SIGTERM), so that it flushes its logs.</summary>

@@ -28,4 +28,21 @@ public sealed class SettingsTests(ApiFactory api) : ApiTest(api)
             messages.Add(x.Message);
         Assert.Contains(messages, m => m.Contains(message));
     }
+
+    [Theory]
+    [InlineData("ConnectionStrings__Default", null, "ConnectionStrings__Default")]
+    [InlineData("RateLimit__WritesPerMinute", "-5", "RateLimit:WritesPerMinute must be 0 (off) or a positive integer")]
+    [InlineData("ChangeFeed__Window", "abc", "'abc' at 'ChangeFeed:Window'")]
+    public async Task A_process_with_a_bad_setting_prints_one_line_naming_it_and_exits_with_1(string name, string? value, string message)
+    {
+        var settings = new List<(string, string?)> { (name, value) };
+        if (name != "ConnectionStrings__Default")
+            settings.Add(("ConnectionStrings__Default", Api.ConnectionString));
+        var (exitCode, output, errors) = await ApiProcess.RunToExitAsync([.. settings]);
+        Assert.Equal(1, exitCode);
+        Assert.Equal("", output);
+        var line = Assert.Single(errors.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.StartsWith("AsyncOrmApi did not start: ", line);
+        Assert.Contains(message, line);
+    }
 }

@@ -66,13 +66,18 @@ public sealed class ObservabilityTests(ApiFactory api) : ApiTest(api)
         Assert.Equal(HttpStatusCode.Created, (await client.PostAsync("/seed", null)).StatusCode);
         Assert.Equal(HttpStatusCode.OK, (await client.GetAsync("/a/first")).StatusCode);
         Assert.Equal(HttpStatusCode.OK, (await client.PatchAsJsonAsync("/a/first", new { data = "body-secret" })).StatusCode);
+        Assert.Equal(HttpStatusCode.OK, (await client.GetAsync("/a")).StatusCode);
+        var line = new StringContent("{\"data\": \"x\"}\n");
+        line.Headers.ContentType = new("application/x-ndjson");
+        Assert.Equal(HttpStatusCode.Created, (await client.PostAsync("/a", line)).StatusCode);
         await process.StopAsync();
 
         var lines = process.Output.Where(l => l.Trim().Length > 0).ToList();
         var logs = lines.Select(l => JsonDocument.Parse(l).RootElement).ToList(); // every line is one JSON object
         Assert.All(lines, l => Assert.DoesNotContain("secret", l));
         var requests = logs.Where(l => l.GetProperty("Category").GetString()!.EndsWith("RequestLog")).ToList();
-        Assert.Equal(["GET /health/live 200", "POST /seed 201", "GET /a/first 200", "PATCH /a/first 200"], requests.Select(r =>
+        // Routes as they are mapped: /a, not the group's "/a/".
+        Assert.Equal(["GET /health/live 200", "POST /seed 201", "GET /a/first 200", "PATCH /a/first 200", "GET /a 200", "POST /a 201"], requests.Select(r =>
             $"{r.GetProperty("State").GetProperty("Method")} {r.GetProperty("State").GetProperty("Route")} {r.GetProperty("State").GetProperty("Status")}"));
         var first = Assert.Single(requests, r => r.GetProperty("State").GetProperty("Route").GetString() == "/a/first"
             && r.GetProperty("State").GetProperty("Method").GetString() == "GET");

@@ -25,6 +25,9 @@ try
     // Telemetry: OpenTelemetry traces and metrics, GET /metrics, JSON logs outside Development.
     builder.AddTelemetry();
 
+    // Behind a reverse proxy: the client's address from X-Forwarded-For, when a proxy named in the settings sends it.
+    builder.AddProxies();
+
     // Limits: per-client rate limits and request timeouts.
     builder.AddLimits();
 
@@ -37,6 +40,7 @@ try
     var app = builder.Build();
     app.ValidateSettings();
 
+    app.UseProxies();
     app.UseTelemetry();
     app.UseProblems();
     app.UseLimits();

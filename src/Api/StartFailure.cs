@@ -30,6 +30,9 @@ public static class StartFailure
         var message = e switch
         {
             OptionsValidationException invalid => string.Join("; ", invalid.Failures),
+            Npgsql.PostgresException { SqlState: Npgsql.PostgresErrorCodes.InsufficientPrivilege } denied =>
+                $"PostgreSQL refused the API's role: {denied.MessageText}. An administrator grants what the API needs once, "
+                + "with script/sql/grant.sql (docs/deploy.md).",
             AggregateException { InnerExceptions: [var inner] } => Describe(inner),
             // Configuration binding: the outer message names the setting, the inner one why the value does not fit.
             InvalidOperationException { InnerException: { } inner } when e.Message.StartsWith("Failed to convert configuration value")

@@ -1,3 +1,4 @@
+using Npgsql;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using AsyncOrmApi.Data;
@@ -160,6 +161,18 @@ public static class Problems
         _ => null,
     };
 
+    /// <summary>
+    /// 503, in every environment, when PostgreSQL refuses the API's role a privilege (SQLSTATE 42501): what is missing, in
+    /// PostgreSQL's words, and how an administrator grants it. Not the client's fault, and not an outage that heals.
+    /// </summary>
+    static IResult LacksPrivilege(PostgresException denied) =>
+        TypedResults.Problem(statusCode: StatusCodes.Status503ServiceUnavailable, title: "The database role lacks a privilege",
+            detail: $"PostgreSQL refused the API's role: {denied.MessageText}. "
+                + (denied.MessageText.Contains("replication", StringComparison.OrdinalIgnoreCase)
+                    ? "GET /a/changes needs a role with REPLICATION (ALTER ROLE ... REPLICATION). "
+                    : "")
+                + "An administrator grants what the API needs once, with script/sql/grant.sql (docs/deploy.md).");
+
     /// <summary>Answers exceptions that escape a handler; anything unexpected is a 500 without internals.</summary>
     /// <remarks>ASP.NET Core 10 does not log exceptions that a handler answers: this one logs what is not the client's fault.</remarks>
     sealed class ExceptionToProblem(IHostEnvironment env, ILogger<ExceptionToProblem> log) : IExceptionHandler
@@ -180,6 +193,12 @@ public static class Problems
                     : TypedResults.Problem(statusCode: bad.StatusCode,
                         title: bad.StatusCode == StatusCodes.Status400BadRequest ? "Bad request" : null, detail: Describe(http, bad));
             }
+            else if (Denied(exception) is { } denied)
+            {
+                log.LogWarning("{Method} {Path}: the database role lacks a privilege ({Error})", http.Request.Method, http.Request.Path,
+                    denied.MessageText);
+                problem = LacksPrivilege(denied);
+            }
             else if (Outage.Is(exception))
             {
                 log.LogWarning("{Method} {Path}: PostgreSQL unavailable ({Error})", http.Request.Method, http.Request.Path,
@@ -195,6 +214,14 @@ public static class Problems
             }
             await problem.ExecuteAsync(http);
             return true;
+        }
+
+        static PostgresException? Denied(Exception exception)
+        {
+            for (Exception? e = exception; e is not null; e = e.InnerException)
+                if (e is PostgresException { SqlState: PostgresErrorCodes.InsufficientPrivilege } denied)
+                    return denied;
+            return null;
         }
 
         // The framework's message names the parameter; the JSON reader's, the place in the body. A value of

@@ -17,18 +17,25 @@ public static class IdempotencyStore
     public const string Table = Schema + ".idempotency_keys";
 
     /// <summary>Creates the schema and table when missing (at start-up, beside the seed's tables).</summary>
-    public static readonly string CreateSql = $"""
-        CREATE SCHEMA IF NOT EXISTS {Schema};
-        CREATE TABLE IF NOT EXISTS {Table} (
-            key varchar({IdempotencyKey.MaxLength}) PRIMARY KEY,
+    /// <remarks>
+    /// CREATE SCHEMA IF NOT EXISTS asks for CREATE on the database even when the schema is there: a role that is not a
+    /// superuser, whose schema an administrator created (script/sql/grant.sql), was refused. The block asks only when the
+    /// schema is missing.
+    /// </remarks>
+    public static readonly string CreateSql = $$"""
+        DO $$ BEGIN
+            IF to_regnamespace('{{Schema}}') IS NULL THEN CREATE SCHEMA {{Schema}}; END IF;
+        END $$;
+        CREATE TABLE IF NOT EXISTS {{Table}} (
+            key varchar({{IdempotencyKey.MaxLength}}) PRIMARY KEY,
             fingerprint bytea NOT NULL,
             status smallint NOT NULL,
             headers text[] NOT NULL,
             body bytea NOT NULL,
             created_at timestamptz NOT NULL
         );
-        CREATE INDEX IF NOT EXISTS idempotency_keys_created_at ON {Table} (created_at);
-        COMMENT ON TABLE {Table} IS 'AsyncOrmApi: the answers of writes sent with an Idempotency-Key, kept for Idempotency:Retention.';
+        CREATE INDEX IF NOT EXISTS idempotency_keys_created_at ON {{Table}} (created_at);
+        COMMENT ON TABLE {{Table}} IS 'AsyncOrmApi: the answers of writes sent with an Idempotency-Key, kept for Idempotency:Retention.';
         """;
 
     /// <summary>A key's state, seen from inside the transaction that claimed it.</summary>

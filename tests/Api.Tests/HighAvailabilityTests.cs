@@ -116,6 +116,22 @@ public sealed class HighAvailabilityTests(Formation formation) : IClassFixture<F
     }
 
     [FormationFact]
+    public async Task On_a_formation_metrics_name_every_pool_and_no_label_holds_connection_details()
+    {
+        await EventuallyAsync("a primary and a standby", formation.SettledAsync, seconds: 60);
+        await TokenOf(await Client.PostAsync("/seed", null));
+        Assert.Equal(HttpStatusCode.OK, (await Client.GetAsync("/a")).StatusCode);
+        using (var changes = await Client.GetAsync("/a/changes", HttpCompletionOption.ResponseHeadersRead))
+        {
+            var metrics = await Client.GetStringAsync("/metrics");
+            foreach (var detail in new[] { "Host=", "Username=", "Password=", "Database=" })
+                Assert.DoesNotContain(detail, metrics);
+            Assert.Contains("db_client_connection_pool_name=\"asyncormapi\"", metrics);
+            Assert.Contains("db_client_connection_pool_name=\"asyncormapi-reads\"", metrics);
+        }
+    }
+
+    [FormationFact]
     public async Task A_reads_token_gets_the_write_even_while_the_standby_lags_and_without_it_the_standby_answers()
     {
         await EventuallyAsync("a primary and a standby", formation.SettledAsync, seconds: 60);

@@ -56,6 +56,25 @@ public sealed class ObservabilityTests(ApiFactory api) : ApiTest(api)
     }
 
     [Fact]
+    public async Task Metrics_name_every_pool_and_no_label_holds_connection_details()
+    {
+        // A host of its own: the Prometheus exporter keeps a scrape for 300 ms, which another test here would read.
+        await using var app = Api.With();
+        var client = app.CreateClient();
+        // The feed's reader: its setup queries, and its replication connection, which Npgsql builds itself.
+        await using (var feed = await Sse.OpenAsync(client))
+        {
+            await Api.SeedAsync();
+            await feed.TakeAsync(8);
+            var metrics = await client.GetStringAsync("/metrics");
+            foreach (var detail in new[] { "Host=", "Username=", "Password=", "Database=" })
+                Assert.DoesNotContain(detail, metrics);
+            foreach (var pool in new[] { "asyncormapi", "asyncormapi-changefeed", "asyncormapi-changefeed-replication" })
+                Assert.Contains($"db_client_connection_pool_name=\"{pool}\"", metrics);
+        }
+    }
+
+    [Fact]
     public async Task Production_logs_are_json_lines_with_trace_ids_a_line_per_request_and_no_secrets()
     {
         await using var process = await ApiProcess.StartAsync(Api.ConnectionString,

@@ -1,3 +1,5 @@
+using Npgsql;
+using System.Collections.Concurrent;
 using System.Diagnostics.Metrics;
 using System.Net.ServerSentEvents;
 using System.Runtime.CompilerServices;
@@ -60,6 +62,12 @@ public sealed partial class ChangeFeed : IAsyncDisposable
     Task _reading = Task.CompletedTask;                  // the running reader, until its connection (and slot) is gone
     long _lastUse = Environment.TickCount64;
     string _primary = "";                                // the connection string of the server the reader reads
+    // The feed's own queries (setup, id checks), per primary it has read: named, so that /metrics labels the pool
+    // "asyncormapi-changefeed" and not by its connection string. A failover adds one.
+    readonly ConcurrentDictionary<string, NpgsqlDataSource> _sources = new();
+
+    NpgsqlDataSource SourceFor(string connectionString) => _sources.GetOrAdd(connectionString, cs =>
+        new NpgsqlDataSourceBuilder(cs) { Name = "asyncormapi-changefeed" }.Build());
 
     /// <summary>
     /// Subscribes after <paramref name="after"/> (null: at the live head), starting the reader if none runs. Null when
@@ -166,6 +174,8 @@ public sealed partial class ChangeFeed : IAsyncDisposable
             reading = _reading;
         }
         await reading;                                     // ReadAsync catches everything itself
+        foreach (var source in _sources.Values)
+            await source.DisposeAsync();
     }
 }
 

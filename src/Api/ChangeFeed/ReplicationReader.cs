@@ -103,7 +103,7 @@ public sealed partial class ChangeFeed
         if (!Database.IsReplicated(settings))
             return _connectionString;
         settings.TargetSessionAttributes = "read-write";
-        await using var hosts = NpgsqlDataSource.Create(settings);
+        await using var hosts = new NpgsqlDataSourceBuilder(settings.ConnectionString) { Name = "asyncormapi-changefeed-hosts" }.Build();
         await using var primary = await hosts.OpenConnectionAsync(ct);
         settings.Host = primary.Host;
         settings.Port = primary.Port;
@@ -117,8 +117,7 @@ public sealed partial class ChangeFeed
     /// </summary>
     async Task<Dictionary<string, uint>> PrepareAsync(CancellationToken ct)
     {
-        await using var connection = new NpgsqlConnection(_primary);
-        await connection.OpenAsync(ct);
+        await using var connection = await SourceFor(_primary).OpenConnectionAsync(ct);
         await using var command = connection.CreateCommand();
         command.CommandText = "SHOW wal_level";
         if (await command.ExecuteScalarAsync(ct) is not "logical")
@@ -142,8 +141,7 @@ public sealed partial class ChangeFeed
     /// <summary>Whether the server's WAL has reached <paramref name="id"/>: ids from beyond it are none of this database's.</summary>
     async Task<bool> IsPastAsync(ChangeId id, CancellationToken ct)
     {
-        await using var connection = new NpgsqlConnection(_primary);
-        await connection.OpenAsync(ct);
+        await using var connection = await SourceFor(_primary).OpenConnectionAsync(ct);
         await using var command = new NpgsqlCommand("SELECT pg_current_wal_lsn()::text", connection);
         var current = NpgsqlTypes.NpgsqlLogSequenceNumber.Parse((string)(await command.ExecuteScalarAsync(ct))!);
         return (ulong)current >= id.Lsn;

@@ -1,3 +1,5 @@
+using System.Text.RegularExpressions;
+using System.Text;
 using System.Diagnostics;
 using Npgsql;
 using OpenTelemetry;
@@ -77,8 +79,43 @@ public static partial class Telemetry
     {
         app.UseMiddleware<RequestLog>();
         if (app.Configuration.GetValue(Setting, true))
+        {
+            app.UseWhen(http => http.Request.Path.StartsWithSegments(MetricsPath), branch => branch.UseMiddleware<UnnamedPools>());
             app.MapPrometheusScrapingEndpoint(MetricsPath).ExcludeFromDescription().DisableRequestTimeout();
+        }
         return app;
+    }
+
+    /// <summary>
+    /// Names, in the scrape, the one pool the API cannot name: Npgsql builds the change feed's replication connection
+    /// itself (LogicalReplicationConnection takes a connection string, not a data source) and labels its metrics with
+    /// that string, password removed but host, port, database and user in it (issue 19). Every data source the API builds
+    /// has a name of its own (asyncormapi, asyncormapi-reads, asyncormapi-changefeed, asyncormapi-changefeed-hosts).
+    /// </summary>
+    sealed partial class UnnamedPools(RequestDelegate next)
+    {
+        public async Task InvokeAsync(HttpContext http)
+        {
+            var body = http.Response.Body;
+            using var scrape = new MemoryStream();
+            http.Response.Body = scrape;
+            try
+            {
+                await next(http);
+            }
+            finally
+            {
+                http.Response.Body = body;
+            }
+            var text = Encoding.UTF8.GetString(scrape.GetBuffer(), 0, (int)scrape.Length);
+            var named = Encoding.UTF8.GetBytes(ConnectionStringLabel().Replace(text, m =>
+                $"{m.Groups["label"].Value}=\"{(m.Groups["value"].Value.Contains("Replication Mode=") ? "asyncormapi-changefeed-replication" : "npgsql-unnamed")}\""));
+            http.Response.ContentLength = named.Length;
+            await body.WriteAsync(named);
+        }
+
+        [GeneratedRegex("(?<label>pool_name)=\"(?<value>[^\"]*=[^\"]*)\"")]
+        private static partial Regex ConnectionStringLabel();
     }
 
     /// <summary>Probes and scrapes: polled all day long, their traces would bury the requests that matter.</summary>

@@ -120,7 +120,7 @@ public static class Problems
             detail: $"The body must be NDJSON, one A per line, sent with Content-Type: {NdJsonLines.MediaType}.");
 
     public static ProblemHttpResult EmptyBody() =>
-        TypedResults.Problem(statusCode: StatusCodes.Status400BadRequest, title: "Bad request",
+        TypedResults.Problem(statusCode: StatusCodes.Status400BadRequest, title: BadRequest,
             detail: "The body holds no A: send one JSON object per line, such as {\"data\": \"x\", \"bs\": [{\"data\": null}]}.");
 
     public static ProblemHttpResult IdExists(string detail) =>
@@ -152,7 +152,10 @@ public static class Problems
 
     public static ValidationProblem Invalid(string field, string message) =>
         TypedResults.ValidationProblem(new Dictionary<string, string[]> { [field] = [message] },
-            detail: message);
+            detail: message, title: BadRequest);
+
+    /// <summary>The title of every 400, validation or not: the status's own words. What is wrong is in the detail.</summary>
+    public const string BadRequest = "Bad request";
 
     public static ValidationProblem? Validate(PatchA patch) => patch.Data switch
     {
@@ -191,7 +194,7 @@ public static class Problems
                 problem = bad.InnerException is null && Unbound(http, bad) is var (rule, value)
                     ? rule.Bad(value)
                     : TypedResults.Problem(statusCode: bad.StatusCode,
-                        title: bad.StatusCode == StatusCodes.Status400BadRequest ? "Bad request" : null, detail: Describe(http, bad));
+                        title: bad.StatusCode == StatusCodes.Status400BadRequest ? BadRequest : null, detail: Describe(http, bad));
             }
             else if (Denied(exception) is { } denied)
             {
@@ -224,21 +227,32 @@ public static class Problems
             return null;
         }
 
-        // The framework's message names the parameter; the JSON reader's, the place in the body. A value of
-        // the wrong type is told by its path alone: the reader's words would name a .NET type.
+        // The framework's message names the handler's parameter and its .NET type ("Failed to read parameter \"PatchA patch\"
+        // from the request body as JSON."); the JSON reader's, the place in the body. Neither the type nor the parameter is
+        // the client's business: the body is "the body", and a value of the wrong type is told by its path alone.
         static string Describe(HttpContext http, BadHttpRequestException bad) => bad.InnerException switch
         {
-            JsonException { InnerException: JsonException syntax } => $"{bad.Message} The body is not valid JSON: {syntax.Message}",
-            JsonException { InnerException: { } cause } json => $"{bad.Message} The value at {json.Path} is not valid: {cause.Message}",
+            JsonException { InnerException: JsonException syntax } => $"{Said(bad)} The body is not valid JSON: {syntax.Message}",
+            JsonException { InnerException: { } cause } json => $"{Said(bad)} The value at {json.Path} is not valid: {cause.Message}",
             // Strict bodies (WireJson.Configure): a field twice, or one the body does not have. The reader's words name a .NET
             // type; these name the field. The reader has no error code for either, only these messages.
             JsonException { Path: { } path } json when json.Message.StartsWith("Duplicate property", StringComparison.Ordinal)
                 || json.Message.Contains("could not be mapped", StringComparison.Ordinal) =>
-                $"{bad.Message} The field at {path} is unknown or appears twice: the body holds data (a string) once, and nothing else.",
+                $"{Said(bad)} The field at {path} is unknown or appears twice: the body holds data (a string) once, and nothing else.",
             JsonException { Path: { } path } json when json.Message.StartsWith("The JSON value could not be converted") =>
-                $"{bad.Message} The value at {path} has the wrong type (line {json.LineNumber}, byte {json.BytePositionInLine}).",
-            JsonException json => $"{bad.Message} {json.Message}",
-            _ => bad.Message,
+                $"{Said(bad)} The value at {path} has the wrong type (line {json.LineNumber}, byte {json.BytePositionInLine}).",
+            JsonException { Path: { } path } => $"{Said(bad)} The JSON at {path} is not the body this endpoint takes.",
+            JsonException => $"{Said(bad)} The body is not the JSON this endpoint takes.",
+            _ => Said(bad),
+        };
+
+        /// <summary>The framework's sentence, without the handler's parameter and its type. Only words to go by: no code.</summary>
+        static string Said(BadHttpRequestException bad) => Regex.Match(bad.Message, "^(?<what>.*)parameter \"[^\"]*? (?<name>\\w+)\"(?<rest>.*)$") switch
+        {
+            { Success: false } => bad.Message,
+            var m when m.Groups["rest"].Value.Contains("request body") => "The body could not be read as JSON.",
+            var m when m.Groups["rest"].Value.Contains("not provided from body") => "The body is missing: send a JSON object.",
+            var m => $"{m.Groups["what"].Value}parameter {m.Groups["name"].Value}{m.Groups["rest"].Value}",
         };
 
         /// <summary>

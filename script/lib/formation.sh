@@ -20,6 +20,14 @@ _formation_env() {
 
 _autoctl() { pg_as_owner env $(_formation_env) pg_autoctl "$@"; }
 
+# formation_state_command: the pg_autoctl command that shows the formation's state, as a person pastes it into a shell
+# (the formation's environment, and the postgres user when run as root).
+formation_state_command() {
+  local as=""
+  [ "$(id -u)" -eq 0 ] && as="runuser -u postgres -- "
+  echo "${as}env $(_formation_env) pg_autoctl show state --pgdata $FORMATION_DIR/monitor"
+}
+
 # _formation_pids [NODE]: the processes of the formation (of one node's keeper and server, given its name).
 _formation_pids() {
   local p

@@ -63,11 +63,16 @@ public sealed partial class ChangeFeed : IAsyncDisposable
     long _lastUse = Environment.TickCount64;
     string _primary = "";                                // the connection string of the server the reader reads
     // The feed's own queries (setup, id checks), per primary it has read: named, so that /metrics labels the pool
-    // "asyncormapi-changefeed" and not by its connection string. A failover adds one.
+    // "asyncormapi-changefeed" and not by its connection string. A failover adds one. Unpooled: they are few (a reader's
+    // start, a resume's check), and a pooled connection left idle across a PostgreSQL restart failed the next reader's
+    // setup (OutageTests).
     readonly ConcurrentDictionary<string, NpgsqlDataSource> _sources = new();
 
     NpgsqlDataSource SourceFor(string connectionString) => _sources.GetOrAdd(connectionString, cs =>
-        new NpgsqlDataSourceBuilder(cs) { Name = "asyncormapi-changefeed" }.Build());
+        new NpgsqlDataSourceBuilder(new NpgsqlConnectionStringBuilder(cs) { Pooling = false }.ConnectionString)
+        {
+            Name = "asyncormapi-changefeed",
+        }.Build());
 
     /// <summary>
     /// Subscribes after <paramref name="after"/> (null: at the live head), starting the reader if none runs. Null when

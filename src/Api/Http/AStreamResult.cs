@@ -14,7 +14,18 @@ public sealed class AStreamResult(IAsyncEnumerable<ADto> source) : IResult, IEnd
     const string NdJson = NdJsonLines.MediaType;
     const int FlushBytes = 16 * 1024;
 
-    public async Task ExecuteAsync(HttpContext http)
+    /// <summary>
+    /// Where every stream's work runs: on at most all cores but one at a time, so that short requests and probes always
+    /// find a thread-pool thread and a core free, however many streams are open. A bulkhead, not a limit on streams: each
+    /// still runs, the streams share their cores in turn (Task.Yield after each window lines them up here).
+    /// </summary>
+    static readonly TaskScheduler Streams =
+        new ConcurrentExclusiveSchedulerPair(TaskScheduler.Default, Math.Max(1, Environment.ProcessorCount - 1)).ConcurrentScheduler;
+
+    public Task ExecuteAsync(HttpContext http) =>
+        Task.Factory.StartNew(() => WriteAsync(http), CancellationToken.None, TaskCreationOptions.DenyChildAttach, Streams).Unwrap();
+
+    async Task WriteAsync(HttpContext http)
     {
         var ct = http.RequestAborted;
         await using var rows = source.GetAsyncEnumerator(ct);

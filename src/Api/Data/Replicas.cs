@@ -10,6 +10,13 @@ namespace AsyncOrmApi.Data;
 /// that carries a consistency token (a write's WAL position) is answered by the standby only once it has replayed that
 /// far, within <see cref="CatchUpWait"/>; else by the primary. With one host there is nothing to choose.
 /// </summary>
+/// <remarks>
+/// Not one NpgsqlMultiHostDataSource with <c>WithTargetSession(Standby)</c> beside EF Core's, which would share the
+/// hosts' pools: EF Core must then be given the data source itself (<c>UseNpgsql(dataSource)</c>), and it builds an
+/// internal service provider per data-source instance, throwing after twenty (ManyServiceProvidersCreatedWarning;
+/// npgsql/efcore.pg#2720 and #3086). Every host has its own, and the tests build hosts at 34 places, some per theory
+/// row. With the connection string, EF Core keeps one service provider and builds and owns the data source itself.
+/// </remarks>
 public sealed class Replicas : IAsyncDisposable
 {
     /// <summary>How long a read with a token waits for the standby to catch up before it goes to the primary.</summary>

@@ -82,7 +82,10 @@ public sealed class ApiFactory : WebApplicationFactory<Program>, IAsyncLifetime
     }
 
     /// <summary>A client of a Kestrel-served factory whose connections come from <paramref name="localAddress"/> (any of 127.0.0.0/8).</summary>
-    public static HttpClient ClientFrom(WebApplicationFactory<Program> app, string localAddress) =>
+    public static HttpClient ClientFrom(WebApplicationFactory<Program> app, string localAddress) => ClientFrom(AddressOf(app), localAddress);
+
+    /// <summary>A client of <paramref name="address"/> (the API, or a proxy in front of it) whose connections come from <paramref name="localAddress"/>.</summary>
+    public static HttpClient ClientFrom(Uri address, string localAddress) =>
         new(new SocketsHttpHandler
         {
             ConnectCallback = async (context, ct) =>
@@ -93,7 +96,7 @@ public sealed class ApiFactory : WebApplicationFactory<Program>, IAsyncLifetime
                 return new NetworkStream(socket, ownsSocket: true);
             },
         })
-        { BaseAddress = AddressOf(app) };
+        { BaseAddress = address };
 
     /// <summary>Where a factory started with UseKestrel listens.</summary>
     public static Uri AddressOf(WebApplicationFactory<Program> factory) =>

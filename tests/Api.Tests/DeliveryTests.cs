@@ -11,7 +11,8 @@ namespace AsyncOrmApi.Tests;
 /// </summary>
 public sealed class DeliveryTests
 {
-    static readonly string Root = FindRoot();
+    /// <summary>The repository's root folder, where AsyncOrmApi.sln is.</summary>
+    internal static readonly string Root = FindRoot();
 
     static string FindRoot()
     {

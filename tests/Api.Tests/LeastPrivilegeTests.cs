@@ -100,7 +100,7 @@ public sealed class LeastPrivilegeTests(ApiFactory api) : ApiTest(api)
             settings.Database = name;
             var admin = settings.ConnectionString;
 
-            var grant = Path.Combine(Root, "script", "sql", "grant.sql");
+            var grant = Path.Combine(DeliveryTests.Root, "script", "sql", "grant.sql");
             var psql = new ProcessStartInfo(Psql, ["-X", "-q", "-h", settings.Host!, "-p", settings.Port.ToString(), "-U", settings.Username!,
                 "-d", name, "-v", $"role={role}", "-f", grant])
             {
@@ -142,17 +142,6 @@ public sealed class LeastPrivilegeTests(ApiFactory api) : ApiTest(api)
             await connection.OpenAsync();
             await new NpgsqlCommand($"DROP DATABASE IF EXISTS {name} WITH (FORCE)", connection).ExecuteNonQueryAsync();
             await new NpgsqlCommand($"DROP ROLE IF EXISTS {_role}", connection).ExecuteNonQueryAsync();
-        }
-
-        static string Root
-        {
-            get
-            {
-                var directory = new DirectoryInfo(AppContext.BaseDirectory);
-                while (!File.Exists(Path.Combine(directory.FullName, "AsyncOrmApi.sln")))
-                    directory = directory.Parent!;
-                return directory.FullName;
-            }
         }
 
         /// <summary>psql from the PostgreSQL server's own folder (Debian keeps it off PATH), else from PATH.</summary>

@@ -22,12 +22,12 @@ public sealed class ProxyTests(ApiFactory api) : ApiTest(api)
         // Two clients behind the proxy (on Linux all of 127.0.0.0/8 is loopback): two budgets of 2 writes.
         foreach (var address in new[] { "127.0.0.5", "127.0.0.6" })
         {
-            using var client = From(address, nginx.Address);
+            using var client = ApiFactory.ClientFrom(nginx.Address, address);
             Assert.Equal(new[] { 200, 200, 429 }, await PatchesAsync(client, 3));
         }
 
         // A forged X-Forwarded-For through the proxy: the proxy adds the real address, the API takes that one.
-        using (var forging = From("127.0.0.5", nginx.Address))
+        using (var forging = ApiFactory.ClientFrom(nginx.Address, "127.0.0.5"))
             Assert.Equal(new[] { 429 }, await PatchesAsync(forging, 1, forwardedFor: "10.9.9.9"));
 
         // Straight to the API from an address that is not the proxy: the header is not believed, whatever it says.
@@ -62,19 +62,6 @@ public sealed class ProxyTests(ApiFactory api) : ApiTest(api)
         }
         return [.. statuses];
     }
-
-    static HttpClient From(string localAddress, Uri address) =>
-        new(new SocketsHttpHandler
-        {
-            ConnectCallback = async (context, ct) =>
-            {
-                var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
-                socket.Bind(new IPEndPoint(IPAddress.Parse(localAddress), 0));
-                await socket.ConnectAsync(context.DnsEndPoint, ct);
-                return new NetworkStream(socket, ownsSocket: true);
-            },
-        })
-        { BaseAddress = address };
 }
 
 /// <summary>nginx in front of one API, in a folder of its own: the configuration docs/deploy.md gives, on 127.0.0.1.</summary>

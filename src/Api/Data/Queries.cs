@@ -19,9 +19,10 @@ public static class Queries
     /// and the API (~6-10 MB a stream on loopback). When 50 such clients left at once, the API cancelled 50 queries
     /// (Npgsql's cancel request: a connection of its own, 1.1-1.3 s each on the busy 2-core machine) and then read through
     /// 300-500 MB of rows to reach the cancel's error: /health/live waited 2-11 s (issue 16). Through the cursor, a client
-    /// that leaves costs the rest of one batch, nothing is cancelled, and /health/live answered in 27-38 ms right after.
-    /// The price is the round trips and PostgreSQL's idle time between batches: 300,000 A stream ~20% slower than the
-    /// query read whole did (0.40 s against 0.33 s, medians of 10 alternating requests).
+    /// that leaves costs the rest of one batch, nothing is cancelled, and /health/live answered in 27-38 ms right after
+    /// (3-21 ms with AStreamResult's bulkhead). The price is the round trips and PostgreSQL's idle time between batches:
+    /// 300,000 A stream ~15-20% slower than the query read whole did (0.50-0.53 s against 0.44 s, medians of 10
+    /// alternating requests).
     /// </remarks>
     public static async IAsyncEnumerable<ADto> AllA(AppDb db, int after, [EnumeratorCancellation] CancellationToken ct = default)
     {

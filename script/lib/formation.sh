@@ -14,8 +14,11 @@ formation_install() {
 }
 
 # Every process of the formation carries this in its environment, so that all of them can be found and stopped.
+# pg_autoctl's files live in the formation's folder, so formation_down removes them all. Its pid files above all:
+# in /tmp/pg_autoctl by default, one left by a killed keeper refused the next start ("pg_autoctl is already
+# running") whenever its pid had been reused by a process of the postgres user, as by a backend of the test cluster.
 _formation_env() {
-  echo "ASYNCORMAPI_FORMATION=$FORMATION_DIR XDG_CONFIG_HOME=$FORMATION_DIR/config XDG_DATA_HOME=$FORMATION_DIR/data PATH=$(pg_bindir):/usr/bin:/bin"
+  echo "ASYNCORMAPI_FORMATION=$FORMATION_DIR XDG_CONFIG_HOME=$FORMATION_DIR/config XDG_DATA_HOME=$FORMATION_DIR/data XDG_RUNTIME_DIR=$FORMATION_DIR/run PATH=$(pg_bindir):/usr/bin:/bin"
 }
 
 _autoctl() { pg_as_owner env $(_formation_env) pg_autoctl "$@"; }
@@ -80,8 +83,9 @@ formation_up() {
   fi
   export FORMATION_DIR
   formation_down
-  mkdir -p "$FORMATION_DIR"
-  [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$FORMATION_DIR" "$(dirname "$FORMATION_DIR")"
+  # pg_autoctl falls back to /tmp when XDG_RUNTIME_DIR names no folder.
+  mkdir -p "$FORMATION_DIR/run"
+  [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$FORMATION_DIR" "$FORMATION_DIR/run" "$(dirname "$FORMATION_DIR")"
   _autoctl create monitor --pgdata "$FORMATION_DIR/monitor" --pgport "$base" --hostname 127.0.0.1 --auth trust --no-ssl \
     >>"$FORMATION_DIR/create.log" 2>&1 || { tail -n 5 "$FORMATION_DIR/create.log" >&2; return 1; }
   _autoctl config set --pgdata "$FORMATION_DIR/monitor" postgresql.listen_addresses 127.0.0.1 >/dev/null 2>&1

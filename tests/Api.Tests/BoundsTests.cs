@@ -56,6 +56,13 @@ public sealed class BoundsTests(ApiFactory api) : ApiTest(api)
                 slow.Add(socket);
                 Assert.Equal(200, status);
             }
+            // Streams waiting on their clients hold back no other stream: they gave back their turns at PostgreSQL.
+            using var second = ApiFactory.ClientFrom(app, "127.0.0.2");
+            using (var full = await GetAsync(second, "/a/stream?after=29990"))
+            {
+                Assert.Equal(HttpStatusCode.OK, full.StatusCode);
+                Assert.Equal(Enumerable.Range(29_991, 10), (await NdJsonOrArrayAsync(full)).Select(a => a.Id));
+            }
             // Over this client's cap: 429, whatever the other clients do.
             using var mine = ApiFactory.ClientFrom(app, "127.0.0.1");
             using var perClient = await GetAsync(mine, "/a/stream");

@@ -139,7 +139,7 @@ public static class AEndpoints
         var token = consistencyToken?.Lsn;
         // The standby connection stays lent until the stream has been written.
         response.RegisterForDisposeAsync(await replicas.ReadFromStandbyAsync(db, token, ct));
-        return new AStreamResult(Queries.AllA(db, Paging.Start(after)));
+        return new AStreamResult(turn => Queries.AllA(db, Paging.Start(after), turn));
     }
 
     static async Task<Results<Ok<ADto>, ValidationProblem, ProblemHttpResult>> PatchFirst(

@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Text.Json;
+using AsyncOrmApi.Data;
 using Microsoft.AspNetCore.Http.Metadata;
 using Microsoft.Net.Http.Headers;
 
@@ -7,9 +8,10 @@ namespace AsyncOrmApi.Http;
 
 /// <summary>
 /// Writes A rows as they come from the database, as one JSON array or, when the client accepts
-/// <c>application/x-ndjson</c>, one A per line. Nothing is buffered beyond one flush window.
+/// <c>application/x-ndjson</c>, one A per line. Nothing is buffered beyond one flush window. The rows are read with a
+/// turn at PostgreSQL, given back while a flush waits for the client.
 /// </summary>
-public sealed class AStreamResult(IAsyncEnumerable<ADto> source) : IResult, IEndpointMetadataProvider
+public sealed class AStreamResult(Func<FetchTurn, IAsyncEnumerable<ADto>> source) : IResult, IEndpointMetadataProvider
 {
     const string NdJson = NdJsonLines.MediaType;
     const int FlushBytes = 16 * 1024;
@@ -28,7 +30,8 @@ public sealed class AStreamResult(IAsyncEnumerable<ADto> source) : IResult, IEnd
     async Task WriteAsync(HttpContext http)
     {
         var ct = http.RequestAborted;
-        await using var rows = source.GetAsyncEnumerator(ct);
+        using var turn = new FetchTurn();
+        await using var rows = source(turn).GetAsyncEnumerator(ct);
         // The query runs before anything is written, so a failure to start it is still an ordinary error
         // response (503 when PostgreSQL is down) rather than a broken stream.
         var more = await rows.MoveNextAsync();
@@ -63,7 +66,10 @@ public sealed class AStreamResult(IAsyncEnumerable<ADto> source) : IResult, IEnd
                 if (first || unflushed >= FlushBytes)
                 {
                     unflushed = 0;
-                    if (await body.FlushAsync(ct) is { IsCompleted: true } or { IsCanceled: true })
+                    var flush = body.FlushAsync(ct);
+                    if (!flush.IsCompleted)
+                        turn.Give();                       // a slow client holds back no other stream
+                    if (await flush is { IsCompleted: true } or { IsCanceled: true })
                         break;
                     // Kestrel takes those writes without a word until the abort reaches the request, through the thread
                     // pool's global queue; a stream's flushes complete on its local one, ahead of it. Yielding after each

@@ -11,11 +11,13 @@ namespace AsyncOrmApi.Data;
 /// far, within <see cref="CatchUpWait"/>; else by the primary. With one host there is nothing to choose.
 /// </summary>
 /// <remarks>
-/// Not one NpgsqlMultiHostDataSource with <c>WithTargetSession(Standby)</c> beside EF Core's, which would share the
-/// hosts' pools: EF Core must then be given the data source itself (<c>UseNpgsql(dataSource)</c>), and it builds an
-/// internal service provider per data-source instance, throwing after twenty (ManyServiceProvidersCreatedWarning;
-/// npgsql/efcore.pg#2720 and #3086). Every host has its own, and the tests build hosts at 34 places, some per theory
-/// row. With the connection string, EF Core keeps one service provider and builds and owns the data source itself.
+/// Not one NpgsqlMultiHostDataSource for EF Core and these reads (<c>WithTargetSession(ReadWrite)</c> and
+/// <c>WithTargetSession(Standby)</c>), though it works: built and run through the whole suite on a formation, every test
+/// passed but the one on /metrics' pool names, and EF Core (efcore.pg 10) built no service provider per instance (the
+/// ManyServiceProvidersCreatedWarning of npgsql/efcore.pg#2720 and #3498, fixed in 9.0.5). But its hosts' pools report
+/// under one name, and /metrics then showed one of them: 18 idle connections, the standby's, while the primary's went
+/// uncounted (pg_stat_activity showed both). Two data sources keep each pool in sight (asyncormapi, asyncormapi-reads), and let the
+/// standby's connections alone carry the keepalive below.
 /// </remarks>
 public sealed class Replicas : IAsyncDisposable
 {

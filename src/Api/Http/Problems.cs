@@ -281,6 +281,13 @@ public static class Problems
 /// OpenAPI document shows as the parameter's description, and the one 400 for it, whether its value is out of range
 /// (<see cref="Check"/>) or not of its type at all (the exception handler).
 /// </summary>
+/// <remarks>
+/// Not .NET 10's <c>AddValidation()</c> with <c>[Range(1, Paging.MaxLimit)]</c> on <c>limit</c>, tried: <c>?limit=0</c> then
+/// answered its own 400, titled "One or more validation errors occurred." where every other 400 is "Bad request", with no
+/// <c>detail</c> and "The field limit must be between 1 and 10000." in <c>errors</c>, while <c>?limit=abc</c> still came
+/// here. The one rule would again be written twice (the attribute and its message), with a problem customization for the
+/// title on top.
+/// </remarks>
 public sealed record ParameterRule(string Name, string Rule, int Min = int.MinValue, int Max = int.MaxValue)
 {
     public ValidationProblem? Check(int? value) => value is null || (value >= Min && value <= Max) ? null : Bad(value.ToString()!);

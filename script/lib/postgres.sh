@@ -88,3 +88,26 @@ pg_createdb() {
 }
 
 pg_connection() { echo "Host=127.0.0.1;Port=$PG_PORT;Database=$1;Username=postgres"; }
+
+# pg_test_clusters: the local clusters the tests use where no Docker engine answers, named for them in TEST_POSTGRES
+# (.pg/test on 15430), TEST_POSTGRES_REPLICA (.pg/test-replica on 15432, wal_level=replica: GET /a/changes must answer 503
+# there and the rest work) and TEST_POSTGRES_CTL (pg_ctl of the first, which the outage tests stop and start under the
+# running API). script/test calls it, and so do the tests themselves when run by a plain 'dotnet test'.
+pg_test_clusters() {
+  local replica
+  pg_up test-replica 15432 replica || return 1
+  replica=$PGDATA_DIR
+  TEST_POSTGRES_REPLICA="$(pg_connection postgres)"
+  pg_up test 15430 || return 1
+  TEST_POSTGRES="$(pg_connection postgres)"
+  TEST_POSTGRES_CTL="$(pg_bindir)/pg_ctl -D $PGDATA_DIR -l $PGDATA_DIR/server.log -w -t 60"
+  [ "$(id -u)" -eq 0 ] && TEST_POSTGRES_CTL="runuser -u postgres -- $TEST_POSTGRES_CTL"
+  TEST_CLUSTER_DIRS="$PGDATA_DIR $replica"
+  export TEST_POSTGRES TEST_POSTGRES_REPLICA TEST_POSTGRES_CTL TEST_CLUSTER_DIRS
+}
+
+# pg_test_clusters_down: stops what pg_test_clusters started (the folders in TEST_CLUSTER_DIRS).
+pg_test_clusters_down() {
+  local dir
+  for dir in ${TEST_CLUSTER_DIRS:-}; do PGDATA_DIR=$dir pg_down; done
+}

@@ -17,7 +17,7 @@ namespace AsyncOrmApi.Tests;
 
 /// <summary>
 /// The API on a real PostgreSQL, one database per test collection. Where a Docker engine answers, the
-/// server is a Testcontainers PostgreSQL; otherwise it is the local cluster script/test started, named
+/// server is a Testcontainers PostgreSQL; otherwise it is the local cluster of <see cref="LocalPostgres"/>, named
 /// by TEST_POSTGRES (a connection string with the right to create databases).
 /// </summary>
 public sealed class ApiFactory : WebApplicationFactory<Program>, IAsyncLifetime
@@ -47,10 +47,7 @@ public sealed class ApiFactory : WebApplicationFactory<Program>, IAsyncLifetime
         }
         else
         {
-            ServerConnectionString = Environment.GetEnvironmentVariable("TEST_POSTGRES")
-                ?? throw new InvalidOperationException(
-                    "No Docker engine answers and TEST_POSTGRES is not set: run the tests with script/test, "
-                    + "which starts a local PostgreSQL.");
+            ServerConnectionString = LocalPostgres.Setting("TEST_POSTGRES");
         }
         ConnectionString = await CreateDatabaseAsync("asyncormapi_test_" + Guid.NewGuid().ToString("N")[..12]);
 
@@ -133,8 +130,7 @@ public sealed class ApiFactory : WebApplicationFactory<Program>, IAsyncLifetime
 
     static async Task PgCtlAsync(string verb)
     {
-        var ctl = Environment.GetEnvironmentVariable("TEST_POSTGRES_CTL")
-            ?? throw new InvalidOperationException("TEST_POSTGRES_CTL is not set: run the tests with script/test.");
+        var ctl = LocalPostgres.Setting("TEST_POSTGRES_CTL");
         using var process = Process.Start(new ProcessStartInfo("bash", ["-c", $"{ctl} {verb}"]) { RedirectStandardOutput = true })!;
         await process.WaitForExitAsync();
         if (process.ExitCode != 0)

@@ -224,8 +224,7 @@ public sealed class ChangeFeedTests(ApiFactory api) : ApiTest(api)
         await using var container = Api.InContainer ? new PostgreSqlBuilder(ApiFactory.Image).Build() : null;
         if (container is not null)
             await container.StartAsync();
-        var server = container?.GetConnectionString() ?? Environment.GetEnvironmentVariable("TEST_POSTGRES_REPLICA")
-            ?? throw new InvalidOperationException("TEST_POSTGRES_REPLICA is not set: run the tests with script/test.");
+        var server = container?.GetConnectionString() ?? LocalPostgres.Setting("TEST_POSTGRES_REPLICA");
         var database = new NpgsqlConnectionStringBuilder(server) { Database = "asyncormapi_replica_" + Guid.NewGuid().ToString("N")[..8] };
         await using (var admin = new NpgsqlConnection(server))
         {

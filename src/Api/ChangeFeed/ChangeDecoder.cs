@@ -1,5 +1,4 @@
 using System.Buffers;
-using System.Net.ServerSentEvents;
 using System.Text.Encodings.Web;
 using System.Text.Json;
 using Npgsql.Replication;
@@ -129,7 +128,8 @@ sealed class ChangeDecoder(ChangeLog changes, Dictionary<string, uint> tables, i
     void Add(string type)
     {
         var id = new ChangeId(changes.Source, _commitLsn, ++_ordinal);
-        _pendingBytes += _buffer.WrittenCount;
-        _pending.Add(new Change(id, new SseItem<byte[]>(_buffer.WrittenSpan.ToArray(), type) { EventId = id.ToString() }));
+        var change = Change.Of(id, type, _buffer.WrittenSpan);
+        _pendingBytes += change.Frame.Length;
+        _pending.Add(change);
     }
 }

@@ -36,7 +36,6 @@ public static class ChangeFeedEndpoints
                 + "timeline, or before a restart of the API): refetch `GET /a` and subscribe without an id. An empty event every "
                 + "`ChangeFeed:HeartbeatSeconds` (15) keeps proxies from closing an idle stream.")
             .WithMetadata(ResumeAfter, ResumeHeader)
-            .Produces<string>(StatusCodes.Status200OK, "text/event-stream")
             .ProducesValidationProblem()
             .ProducesProblem(StatusCodes.Status409Conflict)
             .ReadLimited()
@@ -47,7 +46,7 @@ public static class ChangeFeedEndpoints
         return routes;
     }
 
-    static async Task<Results<ServerSentEventsResult<byte[]>, ValidationProblem, ProblemHttpResult>> Changes(
+    static async Task<Results<ChangeEvents, ValidationProblem, ProblemHttpResult>> Changes(
         [FromHeader(Name = "Last-Event-ID")] string? lastEventId, string? after, ChangeFeed feed, HttpContext http, CancellationToken ct)
     {
         // EventSource reconnects to the URL it started with and sends the id it last saw: the header is the newer.
@@ -60,7 +59,7 @@ public static class ChangeFeedEndpoints
             // Slow subscribers are cut by aborting their connection: a write they do not read may never end otherwise.
             if (await feed.SubscribeAsync(from, http.Abort, ct) is not { } subscription)
                 return Problems.MustRefetch();
-            return TypedResults.ServerSentEvents(feed.EventsAsync(subscription.Log, subscription.Subscriber, ct));
+            return new ChangeEvents(feed, subscription.Log, subscription.Subscriber);
         }
         catch (ChangeFeedUnavailableException e)
         {

@@ -1,9 +1,22 @@
-using System.Net.ServerSentEvents;
+using System.Text;
 
 namespace AsyncOrmApi.Changes;
 
-/// <summary>One event of the feed, formatted once and written to every subscriber as is.</summary>
-public sealed record Change(ChangeId Id, SseItem<byte[]> Item);
+/// <summary>
+/// One event of the feed, formatted once as its whole Server-Sent Events frame (<c>event:</c>, <c>data:</c>, <c>id:</c> and
+/// the blank line) and written to every subscriber as is.
+/// </summary>
+public sealed record Change(ChangeId Id, byte[] Frame)
+{
+    /// <summary>The frame of an event of <paramref name="type"/> whose data is <paramref name="json"/> (one line: JSON
+    /// escapes every line break inside its strings).</summary>
+    public static Change Of(ChangeId id, string type, ReadOnlySpan<byte> json)
+    {
+        var head = Encoding.UTF8.GetBytes($"event: {type}\ndata: ");
+        var tail = Encoding.UTF8.GetBytes($"\nid: {id}\n\n");
+        return new Change(id, [.. head, .. json, .. tail]);
+    }
+}
 
 /// <summary>
 /// The changes one replication slot has delivered: the last <c>window</c> of them, and no more than <c>windowBytes</c> of
@@ -19,7 +32,7 @@ public sealed class ChangeLog(uint source, ulong startLsn, int window, long wind
     readonly List<Subscriber> _subscribers = [];
     long _head;                                          // sequence number of the next change
     long _tail;                                          // sequence number of the oldest change kept
-    long _bytes;                                         // the event data of the changes kept
+    long _bytes;                                         // the frames of the changes kept
     // Every change after this position is in the ring: at first the slot's start (whose own commit, if any,
     // was not decoded), later the last change that fell out of the ring.
     ChangeId _floor = new(source, startLsn, int.MaxValue);
@@ -53,14 +66,14 @@ public sealed class ChangeLog(uint source, ulong startLsn, int window, long wind
         {
             foreach (var change in changes)
             {
-                var size = change.Item.Data.Length;
+                var size = change.Frame.Length;
                 // The oldest changes leave the window to make room, by count and by bytes (a change larger than the
                 // whole window cannot come: the decoder turns its transaction into one small reset).
                 while (_tail < _head && (_head - _tail >= _ring.Length || _bytes + size > windowBytes))
                 {
                     ref var oldest = ref _ring[_tail++ % _ring.Length];
                     _floor = oldest.Id;
-                    _bytes -= oldest.Item.Data.Length;
+                    _bytes -= oldest.Frame.Length;
                     oldest = null!;
                 }
                 _ring[_head++ % _ring.Length] = change;

@@ -16,8 +16,8 @@ namespace AsyncOrmApi.Data;
 /// passed but the one on /metrics' pool names, and EF Core (efcore.pg 10) built no service provider per instance (the
 /// ManyServiceProvidersCreatedWarning of npgsql/efcore.pg#2720 and #3498, fixed in 9.0.5). But its hosts' pools report
 /// under one name, and /metrics then showed one of them: 18 idle connections, the standby's, while the primary's went
-/// uncounted (pg_stat_activity showed both). Two data sources keep each pool in sight (asyncormapi, asyncormapi-reads), and let the
-/// standby's connections alone carry the keepalive below.
+/// uncounted (pg_stat_activity showed both). Two data sources keep each pool in sight (asyncormapi, asyncormapi-reads),
+/// and let the standby's connections alone carry the keepalive below.
 /// </remarks>
 public sealed class Replicas : IAsyncDisposable
 {

@@ -123,6 +123,20 @@ public sealed class PagingTests(ApiFactory api) : ApiTest(api)
         Assert.Empty(await JsonArrayAsync(await Client.GetAsync("/a/stream?after=9")));
     }
 
+    [Fact]
+    public async Task A_stream_lists_each_a_s_bs_in_id_order_even_when_a_b_has_moved_to_its_a()
+    {
+        await Api.SeedAsync(1);
+        // B 1 moves from A 1 to A 2: its new row version lies behind B 3's, so ix_b_a_id, which the stream's query reads,
+        // gives A 2's Bs as 3, 1. The API sorts them (issue 20: the query orders by A only).
+        await Api.ExecuteAsync("UPDATE b SET a_id = 2 WHERE id = 1");
+        List<ADto> expected = [new(1, "a1", [new(2, 1, null)]), new(2, "a2", [new(1, 2, null), new(3, 2, null)]),
+            new(3, "a3", [new(4, 3, null), new(5, 3, null)])];
+        Equivalent(expected, await JsonArrayAsync(await Client.GetAsync("/a/stream")));
+        Equivalent(expected, await NdJsonAsync(await GetAsync("/a/stream", "application/x-ndjson")));
+        Equivalent(expected, await JsonArrayAsync(await Client.GetAsync("/a")));
+    }
+
     Task<HttpResponseMessage> GetAsync(string path, string accept) =>
         Client.SendAsync(new HttpRequestMessage(HttpMethod.Get, path) { Headers = { { "Accept", accept } } });
 }

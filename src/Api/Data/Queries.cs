@@ -38,13 +38,14 @@ public static class Queries
             SELECT a.id, a.data, b.id, b.data
             FROM a LEFT JOIN b ON b.a_id = a.id AND b.a_id > {after}
             WHERE a.id > {after}
-            ORDER BY a.id, b.id
+            ORDER BY a.id
             """, ct);
         // Npgsql's reader straight, grouping as rows arrive, in this one iterator: EF Core's SqlQueryRaw for each FETCH
         // streamed 300,000 A in 1.1 s against 0.4 s, and each further async iterator between the rows and the response
         // cost more than the cursor's round trips.
         await using var fetch = ((NpgsqlConnection)db.Database.GetDbConnection()).CreateCommand();
         ADto? current = null;
+        var inOrder = true;
         for (var batch = MinFetch; !ct.IsCancellationRequested;)
         {
             fetch.CommandText = $"FETCH {batch} FROM a_stream";
@@ -63,11 +64,16 @@ public static class Queries
                     if (current?.Id != aId)
                     {
                         if (current is not null)
-                            yield return current;
+                            yield return InOrder(current, inOrder);
                         current = new ADto(aId, reader.IsDBNull(1) ? null : reader.GetString(1), []);
+                        inOrder = true;
                     }
                     if (!reader.IsDBNull(2))
-                        current.Bs.Add(new BDto(reader.GetInt32(2), aId, reader.IsDBNull(3) ? null : reader.GetString(3)));
+                    {
+                        var bId = reader.GetInt32(2);
+                        inOrder &= current.Bs.Count == 0 || current.Bs[^1].Id < bId;
+                        current.Bs.Add(new BDto(bId, aId, reader.IsDBNull(3) ? null : reader.GetString(3)));
+                    }
                 }
             }
             turn.Give();
@@ -80,8 +86,20 @@ public static class Queries
         if (ct.IsCancellationRequested)
             yield break;                                    // the transaction, and the cursor, roll back
         if (current is not null)
-            yield return current;
+            yield return InOrder(current, inOrder);
         await transaction.CommitAsync(CancellationToken.None);
+    }
+
+    /// <summary>
+    /// The A with its Bs in id order. The stream's query orders by A only: its Bs come in ix_b_a_id's order, which is
+    /// their id order unless rows were moved, and sorting them here, when they are not, is cheaper than PostgreSQL's
+    /// incremental sort of every A's rows (10-13% of its FETCH time for 300,000 A).
+    /// </summary>
+    static ADto InOrder(ADto a, bool inOrder)
+    {
+        if (!inOrder)
+            a.Bs.Sort((x, y) => x.Id.CompareTo(y.Id));
+        return a;
     }
 
     /// <summary>Rows of a, b (one per B, one for an A without Bs) per FETCH: 1,000 rows are ~50 KB; 128,000 are ~6 MB.</summary>

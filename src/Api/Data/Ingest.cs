@@ -108,11 +108,18 @@ public static class Ingest
     /// Three round trips a batch: the A ids (taken from a_id_seq in line order, because each B must name its A),
     /// then COPY a, then COPY b (whose ids the column default takes from b_id_seq).
     /// </summary>
+    /// <remarks>
+    /// The sequence is looked up once per batch (OFFSET 0 keeps the subquery from being folded into the select list):
+    /// with <c>nextval(pg_get_serial_sequence('a', 'id'))</c>, PostgreSQL looked it up for every row, 15% of the
+    /// backend's time in an ingest (perf), 2.2 s against 0.27 s for 300,000 ids (issue 20).
+    /// </remarks>
     static async Task CopyAsync(NpgsqlConnection connection, NewRows batch, CancellationToken ct)
     {
         var ids = ArrayPool<int>.Shared.Rent(batch.A);
-        await using (var next = new NpgsqlCommand(
-            "SELECT nextval(pg_get_serial_sequence('a', 'id'))::int FROM generate_series(1, $1)", connection))
+        await using (var next = new NpgsqlCommand("""
+            SELECT nextval(a_id.seq)::int
+            FROM (SELECT pg_get_serial_sequence('a', 'id')::regclass AS seq OFFSET 0) AS a_id, generate_series(1, $1)
+            """, connection))
         {
             next.Parameters.Add(new() { Value = batch.A });
             await using var reader = await next.ExecuteReaderAsync(ct);

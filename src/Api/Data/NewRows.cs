@@ -19,6 +19,9 @@ public sealed class NewRows : IDisposable
     int _aLength, _bLength, _countAt = -1;
     bool _hasData;
 
+    /// <summary>The A a batch is filled to before it is handed on: an ingest's lines, a seed's copies of the graph.</summary>
+    public const int BatchA = 10_000;
+
     public int A { get; private set; }
     public int B { get; private set; }
 

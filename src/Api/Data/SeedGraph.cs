@@ -45,14 +45,14 @@ public static class SeedGraph
         return added;
     }
 
-    /// <summary>The copies as batches of 10,000 A, an ingest's size; line numbers count A from 1.</summary>
+    /// <summary>The copies in batches of <see cref="NewRows.BatchA"/> A, as an ingest's; line numbers count A from 1.</summary>
     static IEnumerable<NewRows> Copies(A[] graph, int copies)
     {
         var data = graph.Select(a => Encoding.UTF8.GetBytes(a.Data!)).ToArray();
         for (int copy = 0, line = 1; copy < copies;)
         {
             var rows = new NewRows();
-            for (; copy < copies && rows.A < 10_000; copy++)
+            for (; copy < copies && rows.A < NewRows.BatchA; copy++)
                 for (var i = 0; i < graph.Length; i++)
                 {
                     rows.StartA(line++);

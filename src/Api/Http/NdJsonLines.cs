@@ -20,8 +20,7 @@ public static class NdJsonLines
     /// <summary>A line is one A and its Bs; anything longer is a mistake (a missing newline) or an attack.</summary>
     public const int MaxLineBytes = 1024 * 1024;
 
-    // What one COPY round sends: a few MB at most, whatever the body's size.
-    const int BatchLines = 10_000;
+    // What one COPY round sends: a few MB at most, whatever the body's size (and NewRows.BatchA lines).
     const int BatchBytes = 2 * 1024 * 1024;
 
     const string Example = """{"data": "x", "bs": [{"data": "y"}, {"data": null}]}""";
@@ -81,7 +80,7 @@ public static class NdJsonLines
                 {
                     Parse(buffer.Slice(0, end), ++number, rows, ids, ref text);
                     buffer = buffer.Slice(buffer.GetPosition(1, end));
-                    if (rows.A >= BatchLines || rows.Bytes >= BatchBytes)
+                    if (rows.A >= NewRows.BatchA || rows.Bytes >= BatchBytes)
                     {
                         yield return rows;
                         rows = new NewRows();

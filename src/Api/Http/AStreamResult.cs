@@ -16,7 +16,9 @@ public sealed class AStreamResult(Func<FetchTurn, IAsyncEnumerable<ADto>> source
     const string NdJson = NdJsonLines.MediaType;
     // 64 KB windows streamed 300,000 A 8% faster than 16 KB ones (medians of 7, alternating; issue 20): each flush hands the
     // window to Kestrel's socket writer and back.
-    const int FlushBytes = 64 * 1024;
+    const int FlushBytes = 64 * 1024, WindowCapacity = FlushBytes + 4096;
+    /// <summary>Bs from which an A is written straight into the response: ~45 KB of JSON.</summary>
+    const int LargeA = 1_000;
 
     /// <summary>
     /// Where every stream's work runs: on at most all cores but one at a time, so that short requests and probes always
@@ -44,21 +46,31 @@ public sealed class AStreamResult(Func<FetchTurn, IAsyncEnumerable<ADto>> source
         var body = response.BodyWriter;
         // The window is written here and copied into the response once it is full: every write straight to Kestrel's pipe
         // takes its lock, and per A that was ~8% of a stream's CPU (perf; issue 20).
-        var window = new ArrayBufferWriter<byte>(FlushBytes + 4096);
+        var window = new ArrayBufferWriter<byte>(WindowCapacity);
         await using var json = new Utf8JsonWriter(window, new JsonWriterOptions { SkipValidation = true });
         try
         {
+            // Each A is a JSON value of its own (the writer is reset after it, so that it can move to a new window); the
+            // array's brackets and commas, or NDJSON's newlines, are written around them.
             if (!ndjson)
-                json.WriteStartArray();
+                window.Write("["u8);
             for (var first = true; more; first = false, more = await rows.MoveNextAsync())
             {
+                if (!first && !ndjson)
+                    window.Write(","u8);
+                if (rows.Current.Bs.Count >= LargeA)
+                {
+                    // Straight into the response, after the window: the window would grow to hold it (an A of 340,000 Bs
+                    // is 11 MB: four streams of it grew the process by 111 MB through the window, 67 MB like this).
+                    body.Write(window.WrittenSpan);
+                    window.ResetWrittenCount();
+                    json.Reset(body);
+                }
                 JsonSerializer.Serialize(json, rows.Current, WireJson.Default.ADto);
                 json.Flush();
+                json.Reset(window);
                 if (ndjson)
-                {
                     window.Write("\n"u8);
-                    json.Reset();
-                }
                 // The first row goes out at once; after that, full windows only. The window is counted here, not read from
                 // body.UnflushedBytes: once a client has gone, Kestrel drops the writes and that stays 0, so the loop never
                 // flushed or yielded again. Each stream then held a thread-pool thread until its whole result was read, the
@@ -68,6 +80,9 @@ public sealed class AStreamResult(Func<FetchTurn, IAsyncEnumerable<ADto>> source
                 {
                     body.Write(window.WrittenSpan);
                     window.ResetWrittenCount();
+                    // An A of long data grew the window; the next one starts small again.
+                    if (window.Capacity > 2 * WindowCapacity)
+                        json.Reset(window = new ArrayBufferWriter<byte>(WindowCapacity));
                     var flush = body.FlushAsync(ct);
                     if (!flush.IsCompleted)
                         turn.Give();                       // a slow client holds back no other stream
@@ -83,8 +98,7 @@ public sealed class AStreamResult(Func<FetchTurn, IAsyncEnumerable<ADto>> source
 
             }
             if (!ndjson)
-                json.WriteEndArray();
-            json.Flush();
+                window.Write("]"u8);
             body.Write(window.WrittenSpan);
             await body.FlushAsync(ct);
         }

@@ -137,6 +137,29 @@ public sealed class PagingTests(ApiFactory api) : ApiTest(api)
         Equivalent(expected, await JsonArrayAsync(await Client.GetAsync("/a")));
     }
 
+    [Fact]
+    public async Task A_stream_read_in_batches_holds_every_a_whole_across_the_batches_and_an_a_larger_than_one()
+    {
+        // The stream reads 1,000 rows first and more later: A 2's 2,501 Bs fill a batch alone (read whole, B 1 moved to
+        // it out of order), A 3-1002 have one B each (a batch ends inside them), A 1003 none.
+        await Api.ExecuteAsync("""
+            INSERT INTO a (data) SELECT 'a' || n FROM generate_series(1, 1004) n;
+            INSERT INTO b (a_id, data) SELECT 1, 'b' || n FROM generate_series(1, 10) n;
+            INSERT INTO b (a_id, data) SELECT 2, 'b' || n FROM generate_series(11, 2510) n;
+            INSERT INTO b (a_id, data) SELECT n - 2508, 'b' || n FROM generate_series(2511, 3510) n;
+            INSERT INTO b (a_id, data) SELECT 1004, 'b' || n FROM generate_series(3511, 3513) n;
+            UPDATE b SET a_id = 2 WHERE id = 1;
+            """);
+        List<BDto> Bs(int a, IEnumerable<int> ids) => [.. ids.Select(id => new BDto(id, a, "b" + id))];
+        List<ADto> expected = [new(1, "a1", Bs(1, Enumerable.Range(2, 9))), new(2, "a2", Bs(2, [1, .. Enumerable.Range(11, 2500)])),
+            .. Enumerable.Range(3, 1000).Select(a => new ADto(a, "a" + a, Bs(a, [a + 2508]))), new(1003, "a1003", []),
+            new(1004, "a1004", Bs(1004, Enumerable.Range(3511, 3)))];
+
+        Equivalent(expected, await JsonArrayAsync(await Client.GetAsync("/a/stream")));
+        Equivalent(expected, await NdJsonAsync(await GetAsync("/a/stream", "application/x-ndjson")));
+        Equivalent(expected[2..], await NdJsonAsync(await GetAsync("/a/stream?after=2", "application/x-ndjson")));
+    }
+
     Task<HttpResponseMessage> GetAsync(string path, string accept) =>
         Client.SendAsync(new HttpRequestMessage(HttpMethod.Get, path) { Headers = { { "Accept", accept } } });
 }

@@ -73,7 +73,7 @@ public static class Database
         var db = scope.ServiceProvider.GetRequiredService<AppDb>();
         await db.CreateMissingTablesAsync(ct);
         await Queries.FirstAsync(db, ct);
-        // The stream's cursor over no rows (an A's Bs are read whole, and the first A may have millions), and the
+        // The stream's query over no rows (an A's Bs are read whole, and the first A may have millions), and the
         // serializer on one A of the seed's shape.
         using var turn = new FetchTurn();
         await foreach (var _ in Queries.AllA(db, int.MaxValue, turn, ct)) { }

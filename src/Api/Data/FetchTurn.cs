@@ -1,7 +1,7 @@
 namespace AsyncOrmApi.Data;
 
 /// <summary>
-/// A stream's turn at PostgreSQL: each FETCH of <see cref="Queries.AllA"/> (and the stream's first, with its connection and
+/// A stream's turn at PostgreSQL: each batch of <see cref="Queries.AllA"/> (and the stream's first step, its connection and
 /// BEGIN) takes one, and gives it back when the batch has been read or when the stream waits for its client, whichever
 /// comes first. At most all cores but one run a stream's query at a time, so PostgreSQL, when it shares the machine,
 /// leaves a core to everything else, as AStreamResult's bulkhead does for the API's own threads.

@@ -1,3 +1,4 @@
+using System.Data;
 using System.Diagnostics;
 using Npgsql;
 using System.Runtime.CompilerServices;
@@ -10,52 +11,54 @@ public static class Queries
 {
     /// <summary>
     /// The A with id &gt; <paramref name="after"/>, with their Bs, A by id and Bs by id: what GET /a/stream sends, and where
-    /// a cut stream resumes. One query, read through a cursor a batch at a time: the batch doubles while the client keeps
-    /// up (up to <see cref="MaxFetch"/> rows) and halves while it falls behind, so that PostgreSQL runs ahead of a slow
-    /// client by one small batch, and of a fast one by one large batch.
+    /// a cut stream resumes. Read a batch of rows at a time, each batch a query that starts after the last whole A, all in
+    /// one snapshot: the batch doubles while the client keeps up (up to <see cref="MaxFetch"/> rows) and halves while it
+    /// falls behind, so that PostgreSQL runs ahead of a slow client by one small batch, and of a fast one by one large batch.
     /// </summary>
     /// <remarks>
     /// Not the query read to its end, as before: a client reading 1 KB/s let PostgreSQL fill the socket buffers between it
     /// and the API (~6-10 MB a stream on loopback). When 50 such clients left at once, the API cancelled 50 queries
     /// (Npgsql's cancel request: a connection of its own, 1.1-1.3 s each on the busy 2-core machine) and then read through
-    /// 300-500 MB of rows to reach the cancel's error: /health/live waited 2-11 s (issue 16). Through the cursor, a client
-    /// that leaves costs the rest of one batch, nothing is cancelled, and /health/live answered in 27-38 ms right after
-    /// (3-21 ms with AStreamResult's bulkhead). The price is the round trips and PostgreSQL's idle time between batches:
-    /// 300,000 A stream ~15-20% slower than the query read whole did (0.50-0.53 s against 0.44 s, medians of 10
-    /// alternating requests).
-    /// <para>Each FETCH waits for the stream's <paramref name="turn"/> at PostgreSQL (see <see cref="FetchTurn"/>), which the
+    /// 300-500 MB of rows to reach the cancel's error: /health/live waited 2-11 s (issue 16). In batches, a client that
+    /// leaves costs the rest of one batch, nothing is cancelled, and /health/live answered in 27-38 ms right after.
+    /// <para>Batches of keyset queries, not a cursor's FETCHes: PostgreSQL runs a FETCH as a utility statement, which
+    /// stores its whole batch in a tuplestore (spilling past work_mem) before it sends the first row. That was 15-20% of
+    /// the stream's time at PostgreSQL, the stream's bottleneck: psql read the query in 0.58-0.59 s, through FETCHes of
+    /// 8,000-128,000 rows in 0.67-0.75 s; the API streamed 300,000 A in 0.69 s through the cursor, 0.46 s now, against
+    /// 0.62 s for COPY TO (medians of 9, alternating; issue 20).</para>
+    /// <para>Each batch waits for the stream's <paramref name="turn"/> at PostgreSQL (see <see cref="FetchTurn"/>), which the
     /// consumer gives back while it waits for its client; whoever enumerates disposes it.</para>
     /// </remarks>
     public static async IAsyncEnumerable<ADto> AllA(AppDb db, int after, FetchTurn turn, [EnumeratorCancellation] CancellationToken ct = default)
     {
         if (!await turn.TakeAsync(ct))
             yield break;
-        // A cursor lives in a transaction, and sees one snapshot whatever the batches: the same rows as one query.
-        await using var transaction = await db.Database.BeginTransactionAsync(ct);
-        // b.a_id > after: see PageRows.
-        await db.Database.ExecuteSqlAsync($"""
-            DECLARE a_stream NO SCROLL CURSOR FOR
-            SELECT a.id, a.data, b.id, b.data
-            FROM a LEFT JOIN b ON b.a_id = a.id AND b.a_id > {after}
-            WHERE a.id > {after}
-            ORDER BY a.id
-            """, ct);
-        // Npgsql's reader straight, grouping as rows arrive, in this one iterator: EF Core's SqlQueryRaw for each FETCH
+        // One REPEATABLE READ transaction: one snapshot whatever the batches, the same rows as one query.
+        await using var transaction = await db.Database.BeginTransactionAsync(IsolationLevel.RepeatableRead, ct);
+        var connection = (NpgsqlConnection)db.Database.GetDbConnection();
+        // Npgsql's reader straight, grouping as rows arrive, in this one iterator: EF Core's SqlQueryRaw for each batch
         // streamed 300,000 A in 1.1 s against 0.4 s, and each further async iterator between the rows and the response
-        // cost more than the cursor's round trips.
-        await using var fetch = ((NpgsqlConnection)db.Database.GetDbConnection()).CreateCommand();
-        ADto? current = null;
-        var inOrder = true;
+        // cost more than the batches' round trips. b.a_id > $1: see PageRows.
+        await using var batchRows = new NpgsqlCommand("""
+            SELECT a.id, a.data, b.id, b.data
+            FROM a LEFT JOIN b ON b.a_id = a.id AND b.a_id > $1
+            WHERE a.id > $1
+            ORDER BY a.id
+            LIMIT $2
+            """, connection) { Parameters = { new() { Value = after }, new() { Value = MinFetch } } };
         for (var batch = MinFetch; !ct.IsCancellationRequested;)
         {
-            fetch.CommandText = $"FETCH {batch} FROM a_stream";
+            batchRows.Parameters[0].Value = after;
+            batchRows.Parameters[1].Value = batch;
             if (!await turn.TakeAsync(ct))
                 yield break;
             var started = Stopwatch.GetTimestamp();
             var rows = 0;
+            ADto? current = null;
+            var inOrder = true;
             // Not given the token: the rest of a batch is read whatever happens, and a token would make each read that
             // meets it throw on the way out, for nothing.
-            await using (var reader = await fetch.ExecuteReaderAsync(CancellationToken.None))
+            await using (var reader = await batchRows.ExecuteReaderAsync(CancellationToken.None))
             {
                 while (await reader.ReadAsync(CancellationToken.None))
                 {
@@ -64,7 +67,10 @@ public static class Queries
                     if (current?.Id != aId)
                     {
                         if (current is not null)
+                        {
                             yield return InOrder(current, inOrder);
+                            after = current.Id;
+                        }
                         current = new ADto(aId, reader.IsDBNull(1) ? null : reader.GetString(1), []);
                         inOrder = true;
                     }
@@ -76,24 +82,45 @@ public static class Queries
                     }
                 }
             }
-            turn.Give();
-            if (rows < batch)
+            if (current is null || ct.IsCancellationRequested)
                 break;
+            if (rows < batch)
+            {
+                turn.Give();
+                yield return InOrder(current, inOrder);        // the last A, whole
+                break;
+            }
+            // The batch ended inside its last A, or just after it, and the next batch starts at that A again. Unless the A
+            // filled the batch alone: its Bs are then read in one query (it is held whole before it is written anyway).
+            if (rows == current.Bs.Count)
+            {
+                current.Bs.Clear();
+                inOrder = true;
+                await using var bs = new NpgsqlCommand("SELECT id, data FROM b WHERE a_id = $1", connection)
+                    { Parameters = { new() { Value = current.Id } } };
+                await using (var reader = await bs.ExecuteReaderAsync(CancellationToken.None))
+                    while (await reader.ReadAsync(CancellationToken.None))
+                    {
+                        var bId = reader.GetInt32(0);
+                        inOrder &= current.Bs.Count == 0 || current.Bs[^1].Id < bId;
+                        current.Bs.Add(new BDto(bId, current.Id, reader.IsDBNull(1) ? null : reader.GetString(1)));
+                    }
+                yield return InOrder(current, inOrder);
+                after = current.Id;
+            }
+            turn.Give();
             // The time includes the client's: the consumer writes each A before the next is read.
             var took = Stopwatch.GetElapsedTime(started);
             batch = took < KeepingUp ? Math.Min(batch * 2, MaxFetch) : took > FallingBehind ? Math.Max(batch / 2, MinFetch) : batch;
         }
-        if (ct.IsCancellationRequested)
-            yield break;                                    // the transaction, and the cursor, roll back
-        if (current is not null)
-            yield return InOrder(current, inOrder);
-        await transaction.CommitAsync(CancellationToken.None);
+        if (!ct.IsCancellationRequested)
+            await transaction.CommitAsync(CancellationToken.None);  // else the transaction, read only, rolls back
     }
 
     /// <summary>
     /// The A with its Bs in id order. The stream's query orders by A only: its Bs come in ix_b_a_id's order, which is
     /// their id order unless rows were moved, and sorting them here, when they are not, is cheaper than PostgreSQL's
-    /// incremental sort of every A's rows (10-13% of its FETCH time for 300,000 A).
+    /// incremental sort of every A's rows (10-13% of its time for 300,000 A).
     /// </summary>
     static ADto InOrder(ADto a, bool inOrder)
     {
@@ -102,7 +129,7 @@ public static class Queries
         return a;
     }
 
-    /// <summary>Rows of a, b (one per B, one for an A without Bs) per FETCH: 1,000 rows are ~50 KB; 128,000 are ~6 MB.</summary>
+    /// <summary>Rows of a, b (one per B, one for an A without Bs) per batch: 1,000 rows are ~50 KB; 128,000 are ~6 MB.</summary>
     const int MinFetch = 1_000, MaxFetch = 128_000;
 
     static readonly TimeSpan KeepingUp = TimeSpan.FromMilliseconds(100), FallingBehind = TimeSpan.FromMilliseconds(500);

@@ -96,6 +96,8 @@ public static class Queries
             {
                 current.Bs.Clear();
                 inOrder = true;
+                if (!await turn.TakeAsync(ct))                  // given back if the client was slow in this batch
+                    yield break;
                 await using var bs = new NpgsqlCommand("SELECT id, data FROM b WHERE a_id = $1", connection)
                     { Parameters = { new() { Value = current.Id } } };
                 await using (var reader = await bs.ExecuteReaderAsync(CancellationToken.None))
@@ -114,7 +116,7 @@ public static class Queries
             batch = took < KeepingUp ? Math.Min(batch * 2, MaxFetch) : took > FallingBehind ? Math.Max(batch / 2, MinFetch) : batch;
         }
         if (!ct.IsCancellationRequested)
-            await transaction.CommitAsync(CancellationToken.None);  // else the transaction, read only, rolls back
+            await transaction.CommitAsync(CancellationToken.None);  // else the transaction rolls back
     }
 
     /// <summary>

@@ -115,8 +115,7 @@ public sealed class ScenarioTests(ApiFactory api) : ApiTest(api)
                 """));
         Assert.Equal("a b", await Api.ScalarAsync<string>(
             "SELECT string_agg(tablename, ' ' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'"));
-        Assert.Equal("b_a_id_fkey: FOREIGN KEY (a_id) REFERENCES a(id)", await Api.ScalarAsync<string>(
-            "SELECT string_agg(conname || ': ' || pg_get_constraintdef(oid), '; ') FROM pg_constraint WHERE contype = 'f'"));
+        Assert.Equal("b_a_id_fkey: FOREIGN KEY (a_id) REFERENCES a(id)", await Api.ScalarAsync<string>(ForeignKeys));
         Assert.Equal("a_id_seq b_id_seq", await Api.ScalarAsync<string>(
             "SELECT string_agg(sequencename, ' ' ORDER BY sequencename) FROM pg_sequences"));
     }
@@ -150,6 +149,53 @@ public sealed class ScenarioTests(ApiFactory api) : ApiTest(api)
         Equivalent(SeedGraph(2000), all);
         Equivalent(all, await JsonArrayAsync(await Client.GetAsync("/a/stream")));
         Equivalent(all, await NdJsonAsync(await GetNdJsonAsync("/a/stream")));
+    }
+
+    const string ForeignKeys = "SELECT string_agg(conname || ': ' || pg_get_constraintdef(oid), '; ') FROM pg_constraint WHERE contype = 'f'";
+
+    [Fact]
+    public async Task A_bulk_seed_into_empty_tables_sets_the_foreign_key_aside_and_adds_it_back_checked()
+    {
+        var sql = await Api.CapturedSqlAsync(() => Api.SeedAsync(4));
+
+        Assert.Contains(sql, s => s == "ALTER TABLE b DROP CONSTRAINT b_a_id_fkey");
+        Assert.Contains(sql, s => s == "ALTER TABLE b ADD CONSTRAINT b_a_id_fkey FOREIGN KEY (a_id) REFERENCES a(id)");
+        Assert.Equal("b_a_id_fkey: FOREIGN KEY (a_id) REFERENCES a(id)", await Api.ScalarAsync<string>(ForeignKeys));
+        Assert.True(await Api.ScalarAsync<bool>(
+            "SELECT convalidated FROM pg_constraint WHERE conname = 'b_a_id_fkey'"), "the key is back, and checked");
+        Equivalent(SeedGraph(4), await Api.GetAllAsync());
+        // The key holds again: an orphan is refused.
+        var orphan = await Assert.ThrowsAsync<Npgsql.PostgresException>(() => Api.ExecuteAsync("INSERT INTO b (a_id) VALUES (999)"));
+        Assert.Equal(Npgsql.PostgresErrorCodes.ForeignKeyViolation, orphan.SqlState);
+    }
+
+    [Fact]
+    public async Task A_bulk_seed_into_tables_with_rows_keeps_the_foreign_key_in_place()
+    {
+        await Api.SeedAsync();
+        var sql = await Api.CapturedSqlAsync(() => Api.SeedAsync(4));
+
+        Assert.DoesNotContain(sql, s => s.StartsWith("ALTER TABLE") || s.Contains("LOCK TABLE"));
+        Assert.Equal("b_a_id_fkey: FOREIGN KEY (a_id) REFERENCES a(id)", await Api.ScalarAsync<string>(ForeignKeys));
+        Equivalent(SeedGraph(5), await Api.GetAllAsync());
+    }
+
+    [Fact]
+    public async Task A_bulk_seed_does_not_wait_for_tables_another_transaction_holds()
+    {
+        // A reader in the middle of its transaction (a stream, say) holds a: the seed must not queue for the table's lock
+        // (every later read would queue behind it), but go in with the key in place, row by row.
+        await using var reader = new Npgsql.NpgsqlConnection(Api.ConnectionString);
+        await reader.OpenAsync();
+        await using var tx = await reader.BeginTransactionAsync();
+        await new Npgsql.NpgsqlCommand("SELECT count(*) FROM a", reader, tx).ExecuteScalarAsync();
+
+        var sql = await Api.CapturedSqlAsync(() => Api.SeedAsync(4));
+
+        Assert.DoesNotContain(sql, s => s.StartsWith("ALTER TABLE"));
+        Assert.Equal("b_a_id_fkey: FOREIGN KEY (a_id) REFERENCES a(id)", await Api.ScalarAsync<string>(ForeignKeys));
+        await tx.CommitAsync();
+        Equivalent(SeedGraph(4), await Api.GetAllAsync());
     }
 
     [Theory]

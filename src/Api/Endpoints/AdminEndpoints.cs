@@ -33,7 +33,10 @@ public static class AdminEndpoints
                 + "answers 503 with Retry-After; reads never queue behind it for longer than a moment.");
         admin.MapPost("/seed", Seed).WithName("Seed")
             .WithSummary("Adds the seed's graph: A a1 with 2 B, a2 with 1, a3 with 2")
-            .WithDescription($"`count` adds that many copies of the graph (1 to {MaxCopies:N0}) in one transaction.")
+            .WithDescription($"`count` adds that many copies of the graph (1 to {MaxCopies:N0}) in one transaction. Up to "
+                + $"{SeedGraph.MaxCopiesWithKeyAside:N0} copies into empty tables load as PostgreSQL advises for bulk loads: b's "
+                + "foreign key is dropped and added back, checked once, in the same transaction, and reads of a and b wait "
+                + "for the seed (a few seconds at most) instead of seeing the empty tables.")
             .WithMetadata(Count)
             .ProducesValidationProblem()
             // A million copies are eight million rows: minutes, like its command timeout.

@@ -169,6 +169,21 @@ public sealed class ScenarioTests(ApiFactory api) : ApiTest(api)
         Assert.Equal(Npgsql.PostgresErrorCodes.ForeignKeyViolation, orphan.SqlState);
     }
 
+    [Theory]
+    [InlineData("0", 2)]
+    [InlineData("3", 4)]
+    public async Task A_bulk_seed_larger_than_the_setting_keeps_the_foreign_key_in_place(string maxCopies, int copies)
+    {
+        await using var app = Api.With(("Seed:MaxCopiesWithKeyAside", maxCopies));
+        var client = app.CreateClient();
+        var sql = await Api.CapturedSqlAsync(async () =>
+            Assert.Equal(HttpStatusCode.Created, (await client.PostAsync($"/seed?count={copies}", null)).StatusCode));
+
+        Assert.DoesNotContain(sql, s => s.StartsWith("ALTER TABLE") || s.Contains("LOCK TABLE"));
+        Assert.Equal("b_a_id_fkey: FOREIGN KEY (a_id) REFERENCES a(id)", await Api.ScalarAsync<string>(ForeignKeys));
+        Equivalent(SeedGraph(copies), await Api.GetAllAsync());
+    }
+
     [Fact]
     public async Task A_bulk_seed_into_tables_with_rows_keeps_the_foreign_key_in_place()
     {

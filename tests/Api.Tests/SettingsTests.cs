@@ -15,6 +15,7 @@ public sealed class SettingsTests(ApiFactory api) : ApiTest(api)
     [InlineData("Shutdown:TimeoutSeconds", "-1", "Shutdown:TimeoutSeconds must be from 0")]
     [InlineData("Streams:PerClient", "0", "Streams:PerClient must be from 1")]
     [InlineData("Reset:LockTimeoutSeconds", "0", "Reset:LockTimeoutSeconds must be from 0.1")]
+    [InlineData("Seed:MaxCopiesWithKeyAside", "-1", "Seed:MaxCopiesWithKeyAside must be from 0 to 1,000,000")]
     [InlineData("Ingest:MaxBodyBytes", "0", "Ingest:MaxBodyBytes must be a positive number")]
     [InlineData("Ingest:StallSeconds", "0", "Ingest:StallSeconds must be from 1")]
     [InlineData("Idempotency:Retention", "a day", "'a day' at 'Idempotency:Retention'")]

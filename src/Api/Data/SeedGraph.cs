@@ -21,7 +21,8 @@ public static class SeedGraph
     /// an NDJSON ingest of them would, through binary COPY (<see cref="Ingest"/>), because per-row round trips
     /// and change tracking cost orders of magnitude more at that size.
     /// </summary>
-    public static async Task<(int A, int B)> AddCopiesAsync(this AppDb db, int copies, CancellationToken ct = default)
+    /// <param name="keyAside">The largest seed into empty tables that sets b's foreign key aside (<see cref="ForeignKey"/>); 0: none.</param>
+    public static async Task<(int A, int B)> AddCopiesAsync(this AppDb db, int copies, int keyAside = 0, CancellationToken ct = default)
     {
         var graph = Build();
         var added = (copies * graph.Length, copies * graph.Sum(a => a.Bs.Count));
@@ -36,7 +37,7 @@ public static class SeedGraph
         // like `copies` consecutive single seeds and a later plain seed carries on from there. Binary COPY, not the
         // set-based INSERT … SELECT it replaced, which inserts row by row where COPY fills pages in bulk.
         await using var tx = await db.BeginWriteAsync(ct);
-        var foreignKey = copies <= MaxCopiesWithKeyAside ? await ForeignKey.SetAsideAsync(db, ct) : null;
+        var foreignKey = copies <= keyAside ? await ForeignKey.SetAsideAsync(db, ct) : null;
         await db.AddAllAsync(Copies(graph, copies).ToAsyncEnumerable(), Resolution.None, ct);
         if (foreignKey is not null)
             await foreignKey.RestoreAsync(db, ct);
@@ -46,12 +47,6 @@ public static class SeedGraph
         await tx.CommitAsync(ct);
         return added;
     }
-
-    /// <summary>
-    /// The largest seed that sets b's foreign key aside, so that the reads waiting for it wait a few seconds at most (2.3-3.3 s
-    /// for 100,000 copies, 800,000 rows, in script/bench), well within their request timeout. Larger seeds check row by row.
-    /// </summary>
-    public const int MaxCopiesWithKeyAside = 100_000;
 
     /// <summary>The copies in batches of <see cref="NewRows.BatchA"/> A, as an ingest's; line numbers count A from 1.</summary>
     static IEnumerable<NewRows> Copies(A[] graph, int copies)
@@ -80,10 +75,12 @@ public static class SeedGraph
     /// <remarks>
     /// With the key in place, each b row's check is a query of its own (executor start, index scan, <c>FOR KEY SHARE</c>):
     /// 60% of the backend's time in a seed (perf), and a same-shaped <c>COPY FROM</c> pays it alike, so the seed could only
-    /// ever tie it (0.75-1.08 in script/bench). Added back, the key is checked by one anti-join over all of b (issue 20).
-    /// The price is that dropping the key locks a and b (ACCESS EXCLUSIVE) until the seed commits: reads wait for the
-    /// seed, whose rows they could not see before its commit anyway. So it is taken only when both tables are empty,
-    /// and only if the locks come within 20 ms: a seed never waits for them with reads queued behind it,
+    /// ever tie it (0.75-1.08 in script/bench). Added back, the key is checked by one anti-join over all of b: 1.38-1.76 of
+    /// it now (three runs; issue 20). The price is that dropping the key locks a and b (ACCESS EXCLUSIVE) until the seed
+    /// commits: reads wait for the seed, whose rows they could not see before its commit anyway (100,000 copies: a GET /a
+    /// waited 5.4 s for a 5.6 s seed; with the key in place the seed took 11.3 s and 216 reads took 63 ms at most). So it
+    /// is taken only up to Seed:MaxCopiesWithKeyAside copies, only when both tables are empty, and only if the locks come
+    /// within 20 ms: a seed never waits for them with reads queued behind it,
     /// as a reset does not (a stream or an ingest holding the tables: the seed checks row by row instead).
     /// The key's name and definition are read from the catalog, so the seed program's own tables keep theirs.
     /// </remarks>

@@ -19,6 +19,7 @@ public static class AdminEndpoints
     {
         // How long POST /reset tries to get the tables before it answers 503.
         var lockWait = TimeSpan.FromSeconds(routes.ServiceProvider.GetRequiredService<IOptions<ResetOptions>>().Value.LockTimeoutSeconds);
+        var keyAside = routes.ServiceProvider.GetRequiredService<IOptions<SeedOptions>>().Value.MaxCopiesWithKeyAside;
         var admin = routes.MapGroup("/").WithTags("Admin").RequireAdminKey("POST /reset, POST /seed")
             .ProducesProblem(StatusCodes.Status503ServiceUnavailable)
             .WriteLimited()
@@ -31,10 +32,10 @@ public static class AdminEndpoints
                 + "which come back empty with their sequences restarted. While other transactions use the tables (an "
                 + $"ingest, a long read) it waits up to Reset:LockTimeoutSeconds ({ResetOptions.DefaultLockTimeoutSeconds:0} s) for them, then "
                 + "answers 503 with Retry-After; reads never queue behind it for longer than a moment.");
-        admin.MapPost("/seed", Seed).WithName("Seed")
+        admin.MapPost("/seed", (AppDb db, CancellationToken ct, int count = 1) => Seed(db, keyAside, count, ct)).WithName("Seed")
             .WithSummary("Adds the seed's graph: A a1 with 2 B, a2 with 1, a3 with 2")
             .WithDescription($"`count` adds that many copies of the graph (1 to {MaxCopies:N0}) in one transaction. Up to "
-                + $"{SeedGraph.MaxCopiesWithKeyAside:N0} copies into empty tables load as PostgreSQL advises for bulk loads: b's "
+                + $"Seed:MaxCopiesWithKeyAside ({SeedOptions.DefaultMaxCopiesWithKeyAside:N0}) copies into empty tables load as PostgreSQL advises for bulk loads: b's "
                 + "foreign key is dropped and added back, checked once, in the same transaction, and reads of a and b wait "
                 + "for the seed (a few seconds at most) instead of seeing the empty tables.")
             .WithMetadata(Count)
@@ -58,12 +59,12 @@ public static class AdminEndpoints
         return TypedResults.NoContent();
     }
 
-    static async Task<Results<Created<RowCounts>, ValidationProblem>> Seed(AppDb db, CancellationToken ct, int count = 1)
+    static async Task<Results<Created<RowCounts>, ValidationProblem>> Seed(AppDb db, int keyAside, int count, CancellationToken ct)
     {
         if (Count.Check(count) is { } invalid)
             return invalid;
 
-        var (a, b) = await db.AddCopiesAsync(count, ct);
+        var (a, b) = await db.AddCopiesAsync(count, keyAside, ct);
         return TypedResults.Created("/a", new RowCounts(a, b));
     }
 }

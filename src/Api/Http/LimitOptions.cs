@@ -60,6 +60,21 @@ public sealed class ResetOptions
     public double LockTimeoutSeconds { get; set; } = DefaultLockTimeoutSeconds;
 }
 
+/// <summary>Section <c>Seed</c>.</summary>
+public sealed class SeedOptions
+{
+    public const string Section = "Seed";
+    public const int DefaultMaxCopiesWithKeyAside = 100_000;
+
+    /// <summary>
+    /// The largest <c>POST /seed?count=N</c> into empty tables that sets b's foreign key aside (reads of a and b wait for it:
+    /// 2-6 s at 100,000 copies in script/bench, well within their request timeout); 0: never. Larger seeds check row by row.
+    /// </summary>
+    [Range(0, 1_000_000, ErrorMessage = "Seed:MaxCopiesWithKeyAside must be from 0 to 1,000,000 (default 100,000; 0 = never): "
+        + "the largest seed into empty tables that drops b's foreign key and adds it back, while reads wait for it.")]
+    public int MaxCopiesWithKeyAside { get; set; } = DefaultMaxCopiesWithKeyAside;
+}
+
 /// <summary>Section <c>Ingest</c>: the bounds of a POST /a body.</summary>
 public sealed class IngestOptions
 {

@@ -24,6 +24,7 @@ public static class Limits
         Typed<ShutdownOptions>(services, ShutdownOptions.Section);
         Typed<StreamOptions>(services, StreamOptions.Section);
         Typed<ResetOptions>(services, ResetOptions.Section);
+        Typed<SeedOptions>(services, SeedOptions.Section);
         Typed<IngestOptions>(services, IngestOptions.Section);
 
         services.AddRateLimiter(_ => { });

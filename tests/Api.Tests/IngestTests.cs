@@ -154,4 +154,106 @@ public sealed class IngestTests(ApiFactory api) : ApiTest(api)
         Assert.Equal(HttpStatusCode.Created, (await client.PostAsync("/a", NdJson(Lines(5)))).StatusCode);
         Assert.Equal(5L, await Api.ScalarAsync<long>("SELECT count(*) FROM a"));
     }
+
+    const string ForeignKeys = "SELECT string_agg(conname || ': ' || pg_get_constraintdef(oid) || ' ' || convalidated, '; ') FROM pg_constraint WHERE contype = 'f'";
+    const string TheKey = "b_a_id_fkey: FOREIGN KEY (a_id) REFERENCES a(id) true";
+
+    static string[] Spools() => Directory.GetFiles(Path.GetTempPath(), "asyncormapi-ingest-*");
+
+    [Fact]
+    public async Task A_body_into_empty_tables_is_read_whole_then_copied_with_the_key_set_aside_and_checked_after()
+    {
+        const int n = 25_000; // three COPY batches
+        HttpResponseMessage? response = null;
+        var sql = await Api.CapturedSqlAsync(async () => response = await Client.PostAsync("/a", NdJson(Lines(n))));
+
+        Assert.Equal(HttpStatusCode.Created, response!.StatusCode);
+        var bs = Enumerable.Range(0, n).Sum(i => i % 4);
+        Assert.Equal($$"""{"a":{{n}},"b":{{bs}}}""", await response.Content.ReadAsStringAsync());
+        Assert.Contains("ALTER TABLE b DROP CONSTRAINT b_a_id_fkey", sql);
+        Assert.Contains("ALTER TABLE b ADD CONSTRAINT b_a_id_fkey FOREIGN KEY (a_id) REFERENCES a(id)", sql);
+        Assert.Equal(TheKey, await Api.ScalarAsync<string>(ForeignKeys));
+        Assert.Equal(0L, await Api.ScalarAsync<long>("SELECT count(*) FROM a WHERE data <> 'r' || (id - 1)"));
+        Assert.Equal("b12347.0,~,b12347.2", await Api.ScalarAsync<string>(
+            "SELECT string_agg(coalesce(b.data, '~'), ',' ORDER BY b.id) FROM a JOIN b ON b.a_id = a.id WHERE a.data = 'r12347'"));
+        Assert.Equal(bs, await Api.ScalarAsync<long>("SELECT count(*) FROM b JOIN a ON a.id = b.a_id"));
+        Assert.Empty(Spools());
+        // The key holds again: an orphan is refused.
+        var orphan = await Assert.ThrowsAsync<Npgsql.PostgresException>(() => Api.ExecuteAsync("INSERT INTO b (a_id) VALUES (99999999)"));
+        Assert.Equal(Npgsql.PostgresErrorCodes.ForeignKeyViolation, orphan.SqlState);
+    }
+
+    [Theory]
+    [InlineData("0")]      // never
+    [InlineData("15000")]  // fewer rows than the body's 37,500: the first batches spooled, the rest copied as it comes
+    public async Task A_body_past_the_setting_is_copied_as_it_arrives_with_the_key_in_place(string maxRows)
+    {
+        await using var app = Api.With(("Ingest:MaxRowsWithKeyAside", maxRows));
+        var client = app.CreateClient();
+        const int n = 25_000;
+        var sql = await Api.CapturedSqlAsync(async () =>
+            Assert.Equal(HttpStatusCode.Created, (await client.PostAsync("/a", NdJson(Lines(n)))).StatusCode));
+
+        Assert.DoesNotContain(sql, s => s.StartsWith("ALTER TABLE") || s.Contains("LOCK TABLE"));
+        Assert.Equal(TheKey, await Api.ScalarAsync<string>(ForeignKeys));
+        Assert.Equal($"{n} {Enumerable.Range(0, n).Sum(i => i % 4)}", await Api.ScalarAsync<string>(
+            "SELECT (SELECT count(*) FROM a) || ' ' || (SELECT count(*) FROM b)"));
+        Assert.Equal(0L, await Api.ScalarAsync<long>("SELECT count(*) FROM a WHERE data <> 'r' || (id - 1)"));
+        Assert.Empty(Spools());
+    }
+
+    [Fact]
+    public async Task A_body_into_tables_with_rows_or_that_another_transaction_holds_keeps_the_key_in_place()
+    {
+        await Api.SeedAsync();
+        var sql = await Api.CapturedSqlAsync(async () =>
+            Assert.Equal(HttpStatusCode.Created, (await Client.PostAsync("/a", NdJson(Lines(100)))).StatusCode));
+        Assert.DoesNotContain(sql, s => s.StartsWith("ALTER TABLE") || s.Contains("LOCK TABLE"));
+
+        await Api.ResetAsync();
+        // A reader in the middle of its transaction holds a: the ingest must not queue for the table's lock.
+        await using var reader = new Npgsql.NpgsqlConnection(Api.ConnectionString);
+        await reader.OpenAsync();
+        await using var tx = await reader.BeginTransactionAsync();
+        await new Npgsql.NpgsqlCommand("SELECT count(*) FROM a", reader, tx).ExecuteScalarAsync();
+        sql = await Api.CapturedSqlAsync(async () =>
+            Assert.Equal(HttpStatusCode.Created, (await Client.PostAsync("/a", NdJson(Lines(100)))).StatusCode));
+        Assert.DoesNotContain(sql, s => s.StartsWith("ALTER TABLE"));
+        Assert.Equal(TheKey, await Api.ScalarAsync<string>(ForeignKeys));
+        await tx.CommitAsync();
+        Assert.Equal(100L, await Api.ScalarAsync<long>("SELECT count(*) FROM a"));
+    }
+
+    [Fact]
+    public async Task A_bad_line_in_a_body_into_empty_tables_adds_nothing_and_leaves_the_key_alone()
+    {
+        var lines = Lines(25_000).Select((line, i) => i == 21_999 ? "{\"data\": 5}\n" : line);
+        var sql = await Api.CapturedSqlAsync(async () =>
+            Assert.StartsWith("Line 22000 ", (await ProblemAsync(await Client.PostAsync("/a", NdJson(lines)), HttpStatusCode.BadRequest))
+                .GetProperty("detail").GetString()));
+
+        Assert.DoesNotContain(sql, s => s.StartsWith("ALTER TABLE") || s.StartsWith("COPY"));
+        Assert.Equal(TheKey, await Api.ScalarAsync<string>(ForeignKeys));
+        Assert.Equal("\n--\n", await Api.SnapshotAsync());
+        Assert.Empty(Spools());
+    }
+
+    [Fact]
+    public async Task A_client_that_hangs_up_while_its_body_is_read_whole_leaves_nothing_behind()
+    {
+        var payload = Encoding.UTF8.GetBytes(string.Concat(Lines(30_000)));
+        using (var tcp = new TcpClient())
+        {
+            await tcp.ConnectAsync(Client.BaseAddress!.Host, Client.BaseAddress.Port);
+            var stream = tcp.GetStream();
+            await stream.WriteAsync(Encoding.ASCII.GetBytes(
+                $"POST /a HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-ndjson\r\nContent-Length: {payload.Length * 2}\r\n\r\n"));
+            await stream.WriteAsync(payload);
+            await EventuallyAsync("the body being read into a file", async () => { await Task.Yield(); return Spools().Length > 0; });
+        }
+        await EventuallyAsync("the file gone", async () => { await Task.Yield(); return Spools().Length == 0; });
+        Assert.Equal("\n--\n", await Api.SnapshotAsync());
+        Assert.Equal(TheKey, await Api.ScalarAsync<string>(ForeignKeys));
+        Assert.Equal(0L, await Api.OpenTransactionsAsync());
+    }
 }

@@ -18,6 +18,7 @@ public sealed class SettingsTests(ApiFactory api) : ApiTest(api)
     [InlineData("Seed:MaxCopiesWithKeyAside", "-1", "Seed:MaxCopiesWithKeyAside must be from 0 to 1,000,000")]
     [InlineData("Ingest:MaxBodyBytes", "0", "Ingest:MaxBodyBytes must be a positive number")]
     [InlineData("Ingest:StallSeconds", "0", "Ingest:StallSeconds must be from 1")]
+    [InlineData("Ingest:MaxRowsWithKeyAside", "-1", "Ingest:MaxRowsWithKeyAside must be from 0 to 100,000,000")]
     [InlineData("Idempotency:Retention", "a day", "'a day' at 'Idempotency:Retention'")]
     public void A_bad_setting_stops_the_start_and_names_the_setting(string key, string value, string message)
     {

@@ -160,6 +160,44 @@ public sealed class NewRows : IDisposable
         buffer = bigger;
     }
 
+    /// <summary>Appends the batch to <paramref name="file"/> as it is packed (the counts, then the two buffers), for <see cref="ReadFromAsync"/>.</summary>
+    public async Task WriteToAsync(Stream file, CancellationToken ct)
+    {
+        var head = new byte[4 * sizeof(int)];
+        for (var (i, at) = (0, 0); i < 4; i++, at += sizeof(int))
+            BinaryPrimitives.WriteInt32LittleEndian(head.AsSpan(at), i switch { 0 => A, 1 => B, 2 => _aLength, _ => _bLength });
+        await file.WriteAsync(head, ct);
+        await file.WriteAsync(_as.AsMemory(0, _aLength), ct);
+        await file.WriteAsync(_bs.AsMemory(0, _bLength), ct);
+    }
+
+    /// <summary>The next batch <see cref="WriteToAsync"/> wrote to <paramref name="file"/>.</summary>
+    public static async Task<NewRows> ReadFromAsync(Stream file, CancellationToken ct)
+    {
+        var head = new byte[4 * sizeof(int)];
+        await file.ReadExactlyAsync(head, ct);
+        var rows = new NewRows
+        {
+            A = BinaryPrimitives.ReadInt32LittleEndian(head),
+            B = BinaryPrimitives.ReadInt32LittleEndian(head.AsSpan(4)),
+        };
+        try
+        {
+            rows._aLength = BinaryPrimitives.ReadInt32LittleEndian(head.AsSpan(8));
+            rows._bLength = BinaryPrimitives.ReadInt32LittleEndian(head.AsSpan(12));
+            Reserve(ref rows._as, 0, rows._aLength);
+            Reserve(ref rows._bs, 0, rows._bLength);
+            await file.ReadExactlyAsync(rows._as.AsMemory(0, rows._aLength), ct);
+            await file.ReadExactlyAsync(rows._bs.AsMemory(0, rows._bLength), ct);
+            return rows;
+        }
+        catch
+        {
+            rows.Dispose();
+            throw;
+        }
+    }
+
     public void Dispose()
     {
         ArrayPool<byte>.Shared.Return(_as);

@@ -1,6 +1,5 @@
 using System.Text;
 using Microsoft.EntityFrameworkCore;
-using Npgsql;
 
 namespace AsyncOrmApi.Data;
 
@@ -21,7 +20,7 @@ public static class SeedGraph
     /// an NDJSON ingest of them would, through binary COPY (<see cref="Ingest"/>), because per-row round trips
     /// and change tracking cost orders of magnitude more at that size.
     /// </summary>
-    /// <param name="keyAside">The largest seed into empty tables that sets b's foreign key aside (<see cref="ForeignKey"/>); 0: none.</param>
+    /// <param name="keyAside">The largest seed into empty tables that sets b's foreign key aside (<see cref="KeyAside"/>); 0: none.</param>
     public static async Task<(int A, int B)> AddCopiesAsync(this AppDb db, int copies, int keyAside = 0, CancellationToken ct = default)
     {
         var graph = Build();
@@ -37,7 +36,7 @@ public static class SeedGraph
         // like `copies` consecutive single seeds and a later plain seed carries on from there. Binary COPY, not the
         // set-based INSERT … SELECT it replaced, which inserts row by row where COPY fills pages in bulk.
         await using var tx = await db.BeginWriteAsync(ct);
-        var foreignKey = copies <= keyAside ? await ForeignKey.SetAsideAsync(db, ct) : null;
+        var foreignKey = copies <= keyAside ? await KeyAside.SetAsideAsync(db, ct) : null;
         await db.AddAllAsync(Copies(graph, copies).ToAsyncEnumerable(), Resolution.None, ct);
         if (foreignKey is not null)
             await foreignKey.RestoreAsync(db, ct);
@@ -66,67 +65,5 @@ public static class SeedGraph
                 }
             yield return rows;
         }
-    }
-
-    /// <summary>
-    /// b's foreign key, set aside for a bulk seed into empty tables and added back, checked once, in the same transaction:
-    /// PostgreSQL's own advice for bulk loads ("Remove Foreign Key Constraints", Populating a Database).
-    /// </summary>
-    /// <remarks>
-    /// With the key in place, each b row's check is a query of its own (executor start, index scan, <c>FOR KEY SHARE</c>):
-    /// 60% of the backend's time in a seed (perf), and a same-shaped <c>COPY FROM</c> pays it alike, so the seed could only
-    /// ever tie it (0.75-1.08 in script/bench). Added back, the key is checked by one anti-join over all of b: 1.38-1.76 of
-    /// it now (three runs; issue 20). The price is that dropping the key locks a and b (ACCESS EXCLUSIVE) until the seed
-    /// commits: reads wait for the seed, whose rows they could not see before its commit anyway (100,000 copies: a GET /a
-    /// waited 5.4 s for a 5.6 s seed; with the key in place the seed took 11.3 s and 216 reads took 63 ms at most). So it
-    /// is taken only up to Seed:MaxCopiesWithKeyAside copies, only when both tables are empty, and only if the locks come
-    /// within 20 ms: a seed never waits for them with reads queued behind it,
-    /// as a reset does not (a stream or an ingest holding the tables: the seed checks row by row instead).
-    /// The key's name and definition are read from the catalog, so the seed program's own tables keep theirs.
-    /// </remarks>
-    sealed record ForeignKey(string Drop, string Restore)
-    {
-        const string Savepoint = "bulk_seed";
-        const string Lock =
-            "SELECT set_config('lock_timeout', '20ms', true); LOCK TABLE a, b IN ACCESS EXCLUSIVE MODE; SET LOCAL lock_timeout TO DEFAULT";
-
-        /// <summary>Drops b's foreign key and returns it; null (nothing changed) when the tables are busy or not empty.</summary>
-        public static async Task<ForeignKey?> SetAsideAsync(AppDb db, CancellationToken ct)
-        {
-            if (await FindAsync(db, ct) is null)
-                return null;                               // rows to keep reading: no lock at all
-            var tx = db.Database.CurrentTransaction!;
-            await tx.CreateSavepointAsync(Savepoint, ct);
-            ForeignKey? key;
-            try
-            {
-                await db.Database.ExecuteSqlRawAsync(Lock, ct);
-                // Again under the locks: a writer may have come first.
-                key = await FindAsync(db, ct);
-                if (key is not null)
-                    await db.Database.ExecuteSqlRawAsync(key.Drop, ct);
-            }
-            catch (PostgresException e) when (e.SqlState is PostgresErrorCodes.LockNotAvailable or PostgresErrorCodes.InsufficientPrivilege)
-            {
-                key = null;                                // busy tables, or a role that may insert but not alter
-            }
-            if (key is null)
-                await tx.RollbackToSavepointAsync(Savepoint, ct);   // the locks go; the seed checks row by row
-            await tx.ReleaseSavepointAsync(Savepoint, ct);
-            return key;
-        }
-
-        /// <summary>b's one foreign key to a, as the statements that drop and add it, when both tables are empty.</summary>
-        /// <remarks>The statements are made from the catalog (format's %I quotes the name), not from anything a client sent.</remarks>
-        static Task<ForeignKey?> FindAsync(AppDb db, CancellationToken ct) => db.Database.SqlQueryRaw<ForeignKey>("""
-            SELECT format('ALTER TABLE b DROP CONSTRAINT %I', conname) AS "Drop",
-                   format('ALTER TABLE b ADD CONSTRAINT %I %s', conname, pg_get_constraintdef(oid)) AS "Restore"
-            FROM pg_constraint
-            WHERE conrelid = 'b'::regclass AND confrelid = 'a'::regclass AND contype = 'f'
-              AND NOT EXISTS (SELECT FROM a) AND NOT EXISTS (SELECT FROM b)
-            """).SingleOrDefaultAsync(ct);
-
-        /// <summary>Adds the key back as it was: PostgreSQL checks every row of b against a in one pass.</summary>
-        public Task RestoreAsync(AppDb db, CancellationToken ct) => db.Database.ExecuteSqlRawAsync(Restore, ct);
     }
 }

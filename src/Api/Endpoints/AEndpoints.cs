@@ -76,11 +76,14 @@ public static class AEndpoints
         var minRate = NdJsonLines.MinRate.From(ingest);
         a.MapGroup("").RequireAdminKey("POST /a").MapPost("/", (HttpRequest request,
             [FromHeader(Name = Preferences.Header)] string? prefer, AppDb db, HttpResponse response, CancellationToken ct) =>
-            Ingest(request, prefer, minRate, db, response, ct)).WithName("IngestA")
+            Ingest(request, prefer, minRate, ingest.MaxRowsWithKeyAside, db, response, ct)).WithName("IngestA")
             .WithSummary("Adds many A with their Bs from an NDJSON body, all or nothing; with ids, copies or syncs them")
             .WithDescription("One A per line, `{\"data\": \"x\", \"bs\": [{\"data\": \"y\"}, {\"data\": null}]}` (`bs` optional), "
                 + "sent as `application/x-ndjson`. Lines are copied into PostgreSQL (binary COPY) as they arrive, in one "
                 + "transaction: A ids follow line order, and a bad line rejects the whole body with a 400 naming the line. "
+                + "Into empty tables, a body of up to Ingest:MaxRowsWithKeyAside rows, A and B "
+                + $"({IngestOptions.DefaultMaxRowsWithKeyAside:N0}), is read whole first and then copied with b's foreign key set aside "
+                + "and checked once after, as PostgreSQL advises for bulk loads: reads of A wait for that copy. "
                 + "A line may name its ids exactly as a line of `GET /a/stream`'s NDJSON does, "
                 + "`{\"id\": 7, \"data\": \"x\", \"bs\": [{\"id\": 12, \"aId\": 7, \"data\": null}]}`: then every line names every "
                 + "id (positive 32-bit integers, each once; a B's `aId` is its A's id), and the sequences move past the largest. "
@@ -173,7 +176,7 @@ public static class AEndpoints
         + "others inserted. Without either, an id that exists is a 409. Other preferences are ignored (RFC 7240).");
 
     static async Task<Results<Created<RowCounts>, Ok<SyncCounts>, ProblemHttpResult>> Ingest(HttpRequest request, string? prefer,
-        NdJsonLines.MinRate minRate, AppDb db, HttpResponse response, CancellationToken ct)
+        NdJsonLines.MinRate minRate, int keyAside, AppDb db, HttpResponse response, CancellationToken ct)
     {
         if (!NdJsonLines.IsNdJson(request))
             return Problems.NotNdJson();
@@ -181,7 +184,7 @@ public static class AEndpoints
         (RowChanges A, RowChanges B) changes;
         try
         {
-            changes = await db.AddAllAsync(NdJsonLines.ReadAsync(request.BodyReader, minRate, ct), resolution, ct);
+            changes = await db.AddAllAsync(NdJsonLines.ReadAsync(request.BodyReader, minRate, ct), resolution, ct, keyAside);
         }
         catch (IdExistsException e)
         {

@@ -203,20 +203,25 @@ public sealed class IngestTests(ApiFactory api) : ApiTest(api)
     }
 
     [Fact]
-    public async Task A_body_into_tables_with_rows_or_that_another_transaction_holds_keeps_the_key_in_place()
+    public async Task A_body_into_tables_with_rows_keeps_the_key_in_place()
     {
         await Api.SeedAsync();
         var sql = await Api.CapturedSqlAsync(async () =>
             Assert.Equal(HttpStatusCode.Created, (await Client.PostAsync("/a", NdJson(Lines(100)))).StatusCode));
         Assert.DoesNotContain(sql, s => s.StartsWith("ALTER TABLE") || s.Contains("LOCK TABLE"));
+        Assert.Equal(TheKey, await Api.ScalarAsync<string>(ForeignKeys));
+        Assert.Equal(103L, await Api.ScalarAsync<long>("SELECT count(*) FROM a"));
+    }
 
-        await Api.ResetAsync();
+    [Fact]
+    public async Task A_body_into_tables_another_transaction_holds_keeps_the_key_in_place()
+    {
         // A reader in the middle of its transaction holds a: the ingest must not queue for the table's lock.
         await using var reader = new Npgsql.NpgsqlConnection(Api.ConnectionString);
         await reader.OpenAsync();
         await using var tx = await reader.BeginTransactionAsync();
         await new Npgsql.NpgsqlCommand("SELECT count(*) FROM a", reader, tx).ExecuteScalarAsync();
-        sql = await Api.CapturedSqlAsync(async () =>
+        var sql = await Api.CapturedSqlAsync(async () =>
             Assert.Equal(HttpStatusCode.Created, (await Client.PostAsync("/a", NdJson(Lines(100)))).StatusCode));
         Assert.DoesNotContain(sql, s => s.StartsWith("ALTER TABLE"));
         Assert.Equal(TheKey, await Api.ScalarAsync<string>(ForeignKeys));

@@ -180,6 +180,30 @@ public sealed class ApiFactory : WebApplicationFactory<Program>, IAsyncLifetime
     }
 
     /// <summary>Transactions open on this collection's database now, but the caller's (an ingest's, say).</summary>
+    /// <summary>
+    /// A reader in the middle of its transaction (a stream, say) that has read <paramref name="table"/> and so holds its lock
+    /// until <see cref="HeldTable.ReleaseAsync"/> or disposal.
+    /// </summary>
+    public async Task<HeldTable> HoldTableAsync(string table)
+    {
+        var connection = new NpgsqlConnection(ConnectionString);
+        await connection.OpenAsync();
+        var tx = await connection.BeginTransactionAsync();
+        await new NpgsqlCommand($"SELECT count(*) FROM {table}", connection, tx).ExecuteScalarAsync();
+        return new HeldTable(connection, tx);
+    }
+
+    public sealed class HeldTable(NpgsqlConnection connection, NpgsqlTransaction tx) : IAsyncDisposable
+    {
+        public Task ReleaseAsync() => tx.CommitAsync();
+
+        public async ValueTask DisposeAsync()
+        {
+            await tx.DisposeAsync();
+            await connection.DisposeAsync();
+        }
+    }
+
     public Task<long> OpenTransactionsAsync() => ScalarAsync<long>(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND xact_start IS NOT NULL "
         + "AND backend_type = 'client backend' AND pid <> pg_backend_pid()");

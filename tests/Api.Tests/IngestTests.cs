@@ -30,6 +30,19 @@ public sealed class IngestTests(ApiFactory api) : ApiTest(api)
         return content;
     }
 
+    /// <summary>Sends half of a 60,000-line body over a raw socket, and hangs up once <paramref name="underWay"/> holds.</summary>
+    async Task HangUpMidBodyAsync(string what, Func<Task<bool>> underWay)
+    {
+        var payload = Encoding.UTF8.GetBytes(string.Concat(Lines(30_000)));
+        using var tcp = new TcpClient();
+        await tcp.ConnectAsync(Client.BaseAddress!.Host, Client.BaseAddress.Port);
+        var stream = tcp.GetStream();
+        await stream.WriteAsync(Encoding.ASCII.GetBytes(
+            $"POST /a HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-ndjson\r\nContent-Length: {payload.Length * 2}\r\n\r\n"));
+        await stream.WriteAsync(payload);
+        await EventuallyAsync(what, underWay);
+    }
+
     [Fact]
     public async Task Every_line_lands_in_line_order_with_ids_from_the_tables_sequences()
     {
@@ -115,17 +128,8 @@ public sealed class IngestTests(ApiFactory api) : ApiTest(api)
     {
         await Api.SeedAsync();
         var before = await Api.SnapshotAsync();
-        var payload = Encoding.UTF8.GetBytes(string.Concat(Lines(30_000)));
-        using (var tcp = new TcpClient())
-        {
-            await tcp.ConnectAsync(Client.BaseAddress!.Host, Client.BaseAddress.Port);
-            var stream = tcp.GetStream();
-            await stream.WriteAsync(Encoding.ASCII.GetBytes(
-                $"POST /a HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-ndjson\r\nContent-Length: {payload.Length * 2}\r\n\r\n"));
-            await stream.WriteAsync(payload);
-            // Hang up only once the ingest's transaction is under way on the server.
-            await EventuallyAsync("an open transaction", async () => await Api.OpenTransactionsAsync() > 0);
-        }
+        // Hang up only once the ingest's transaction is under way on the server.
+        await HangUpMidBodyAsync("an open transaction", async () => await Api.OpenTransactionsAsync() > 0);
         await EventuallyAsync("no open transaction", async () => await Api.OpenTransactionsAsync() == 0);
         Assert.Equal(before, await Api.SnapshotAsync());
     }
@@ -217,15 +221,12 @@ public sealed class IngestTests(ApiFactory api) : ApiTest(api)
     public async Task A_body_into_tables_another_transaction_holds_keeps_the_key_in_place()
     {
         // A reader in the middle of its transaction holds a: the ingest must not queue for the table's lock.
-        await using var reader = new Npgsql.NpgsqlConnection(Api.ConnectionString);
-        await reader.OpenAsync();
-        await using var tx = await reader.BeginTransactionAsync();
-        await new Npgsql.NpgsqlCommand("SELECT count(*) FROM a", reader, tx).ExecuteScalarAsync();
+        await using var reader = await Api.HoldTableAsync("a");
         var sql = await Api.CapturedSqlAsync(async () =>
             Assert.Equal(HttpStatusCode.Created, (await Client.PostAsync("/a", NdJson(Lines(100)))).StatusCode));
         Assert.DoesNotContain(sql, s => s.StartsWith("ALTER TABLE"));
         Assert.Equal(TheKey, await Api.ScalarAsync<string>(ForeignKeys));
-        await tx.CommitAsync();
+        await reader.ReleaseAsync();
         Assert.Equal(100L, await Api.ScalarAsync<long>("SELECT count(*) FROM a"));
     }
 
@@ -246,17 +247,8 @@ public sealed class IngestTests(ApiFactory api) : ApiTest(api)
     [Fact]
     public async Task A_client_that_hangs_up_while_its_body_is_read_whole_leaves_nothing_behind()
     {
-        var payload = Encoding.UTF8.GetBytes(string.Concat(Lines(30_000)));
-        using (var tcp = new TcpClient())
-        {
-            await tcp.ConnectAsync(Client.BaseAddress!.Host, Client.BaseAddress.Port);
-            var stream = tcp.GetStream();
-            await stream.WriteAsync(Encoding.ASCII.GetBytes(
-                $"POST /a HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-ndjson\r\nContent-Length: {payload.Length * 2}\r\n\r\n"));
-            await stream.WriteAsync(payload);
-            await EventuallyAsync("the body being read into a file", async () => { await Task.Yield(); return Spools().Length > 0; });
-        }
-        await EventuallyAsync("the file gone", async () => { await Task.Yield(); return Spools().Length == 0; });
+        await HangUpMidBodyAsync("the body being read into a file", () => Task.FromResult(Spools().Length > 0));
+        await EventuallyAsync("the file gone", () => Task.FromResult(Spools().Length == 0));
         Assert.Equal("\n--\n", await Api.SnapshotAsync());
         Assert.Equal(TheKey, await Api.ScalarAsync<string>(ForeignKeys));
         Assert.Equal(0L, await Api.OpenTransactionsAsync());

@@ -15,6 +15,28 @@ namespace AsyncOrmApi.Tests;
 public sealed class ObservabilityTests(ApiFactory api) : ApiTest(api)
 {
     [Fact]
+    public async Task Database_LogSql_echoes_every_statement_with_its_parameters_those_sent_on_npgsql_straight_too()
+    {
+        await Api.SeedAsync();
+        var logs = new AdminGuardTests.LogCollector();
+        // The tests' hosts log warnings only: the echo is on whatever the default level.
+        await using var app = Api.WithWebHostBuilder(b => b.UseSetting("Database:LogSql", "true")
+            .ConfigureServices(s => s.AddSingleton<Microsoft.Extensions.Logging.ILoggerProvider>(logs)));
+        var client = app.CreateClient();
+        Assert.Equal(HttpStatusCode.OK, (await client.GetAsync("/a?after=1&limit=5")).StatusCode);
+        Assert.Equal(HttpStatusCode.OK, (await client.GetAsync("/a/stream")).StatusCode);
+        Assert.Equal(HttpStatusCode.OK, (await client.PatchAsJsonAsync("/a/first", new { data = "echoed" })).StatusCode);
+
+        string text;
+        lock (logs.Messages)
+            text = string.Join("\n", logs.Messages.Select(m => m.Text));
+        // The page and the stream (Npgsql straight), and EF Core's UPDATE, each with its values.
+        Assert.Matches(@"FROM \(SELECT id, data, xmin FROM a WHERE id > \$1 ORDER BY id LIMIT \$2\)[^\n]*(\n[^\n]*)*?\n\s*Parameters: \[1, 6, 50001\]", text);
+        Assert.Contains("FROM a LEFT JOIN b ON b.a_id = a.id AND b.a_id > $1", text);
+        Assert.Matches(@"UPDATE a[\s\S]*?Parameters: \[echoed", text);
+    }
+
+    [Fact]
     public async Task A_read_is_a_server_span_with_a_child_span_per_sql_command_without_parameter_values()
     {
         var spans = new List<Activity>();

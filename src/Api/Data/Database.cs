@@ -8,26 +8,32 @@ public static class Database
 {
     /// <summary>
     /// Registers <see cref="AppDb"/> on <c>ConnectionStrings:Default</c>. <c>Database:LogSql</c> is the
-    /// seed's <c>echo=True</c>: every statement EF Core sends goes to the log, with its parameter values
-    /// (on in Development).
+    /// seed's <c>echo=True</c>: every statement goes to the log, with its parameter values (on in Development).
     /// </summary>
     public static WebApplicationBuilder AddDatabase(this WebApplicationBuilder builder)
     {
         var logSql = builder.Configuration.GetValue<bool>("Database:LogSql");
         builder.Services.AddDbContextPool<AppDb>((services, options) => options
             .UseNpgsql(ConnectionString(services.GetRequiredService<IConfiguration>()), npgsql => npgsql
-                .ConfigureDataSource(source => Tune(source, "asyncormapi")))
+                // The echo is Npgsql's own command log: it has every statement, EF Core's and those the API sends on Npgsql
+                // straight (the pages, the stream, COPY), which EF Core's log never sees. Without it the action captures
+                // nothing, so that every host of a process shares EF Core's options (tests build many).
+                .ConfigureDataSource(logSql
+                    ? source => Tune(source, "asyncormapi").UseLoggerFactory(services.GetRequiredService<ILoggerFactory>()).EnableParameterLogging()
+                    : source => Tune(source, "asyncormapi")))
             .EnableSensitiveDataLogging(logSql));
 
         // Reads on a standby when the connection string names several hosts.
         builder.Services.AddSingleton<Replicas>();
 
-        builder.Logging.AddFilter(DbLoggerCategory.Database.Command.Name, logSql ? LogLevel.Information : LogLevel.Warning);
+        builder.Logging.AddFilter(DbLoggerCategory.Database.Command.Name, LogLevel.Warning);
+        if (logSql)
+            builder.Logging.AddFilter("Npgsql.Command", LogLevel.Information);
         return builder;
     }
 
     /// <summary>The connection settings of every data source of the API; <paramref name="name"/> labels its metrics.</summary>
-    public static void Tune(NpgsqlDataSourceBuilder source, string name)
+    public static NpgsqlDataSourceBuilder Tune(NpgsqlDataSourceBuilder source, string name)
     {
         // The same few statements run on every request: let Npgsql prepare them once per
         // connection instead of having PostgreSQL parse and plan them each time (unless the
@@ -55,6 +61,7 @@ public static class Database
         source.Name = name;
         // A span per command is what traces need; an event on each for its first response is not.
         source.ConfigureTracing(tracing => tracing.EnableFirstResponseEvent(false));
+        return source;
     }
 
     /// <summary>Whether the connection string names several hosts (a formation: a primary and its standbys).</summary>

@@ -230,12 +230,12 @@ public static class Queries
     /// <remarks>
     /// Npgsql's reader straight, as the stream: through an EF Core compiled query of the same join, GET /a took 126 µs of the
     /// API's CPU a request, 83 µs like this, and served 1.38 times the requests (medians of 7 alternating 5 s rounds, wrk -t1
-    /// -c32; issue 20). perf showed where: EF Core built the query's delegates again on each run (DynamicMethod.CreateDelegate,
-    /// 4.7% of the CPU), and its command, reader and execution-strategy layers and Npgsql's rewriting of its named
-    /// parameters made up most of the rest. b.a_id &gt; $1 says again what the join implies, so that PostgreSQL starts its scan of ix_b_a_id
-    /// there: without it, a merge join read b's index from its first entry for every page, 37 ms for the last of 300,000 A
-    /// against 0.8 ms with it (EXPLAIN ANALYZE of the generic plan; script/bench's last page against the first went from 5.4
-    /// to ~1).
+    /// -c32; issue 20). perf showed where: EF Core built the query's delegates again on each run
+    /// (DynamicMethod.CreateDelegate, 4.7% of the CPU), and its command, reader and execution-strategy layers and Npgsql's
+    /// rewriting of its named parameters made up most of the rest.
+    /// <para>b.a_id &gt; $1 says again what the join implies, so that PostgreSQL starts its scan of ix_b_a_id there: without
+    /// it, a merge join read b's index from its first entry for every page, 37 ms for the last of 300,000 A against 0.8 ms
+    /// with it (EXPLAIN ANALYZE of the generic plan; script/bench's last page against the first went from 5.4 to ~1).</para>
     /// </remarks>
     const string PageSql = """
         SELECT a0.id, a0.data, a0.xmin, b0.id, b0.data

@@ -96,7 +96,8 @@ public sealed class IngestOptions
     /// <summary>
     /// The most rows (A and B) of a body into empty tables that is read whole into a temporary file first, then copied with
     /// b's foreign key set aside and checked once after (reads of a and b wait for the copy, not for the client: a GET /a sent
-    /// during script/bench's 2,500,000 rows waited 10.8-12.5 s, in a slow spell of its 2-core host); 0: never. Longer bodies, and every body into tables with rows, are copied as they arrive.
+    /// during script/bench's 2,500,000 rows waited 10.8-12.5 s, in a slow spell of its 2-core host); 0: never. Longer
+    /// bodies, and every body into tables with rows, are copied as they arrive.
     /// </summary>
     [Range(0, 100_000_000, ErrorMessage = "Ingest:MaxRowsWithKeyAside must be from 0 to 100,000,000 (default 3,000,000; 0 = never): "
         + "the most rows of a body into empty tables that is read whole first and copied with b's foreign key set aside, while reads wait for the copy.")]

@@ -1,4 +1,5 @@
 using System.Reflection;
+using Microsoft.Extensions.FileProviders;
 using Microsoft.Extensions.Options;
 
 namespace AsyncOrmApi;
@@ -23,7 +24,7 @@ public static class StartFailure
     /// <summary>
     /// The setting and its rule, from the exceptions that settings raise: a validation failure (ValidateOnStart), a value
     /// that does not convert ("Failed to convert configuration value at 'ChangeFeed:Window' ..."), a missing
-    /// connection string. Their messages already name the setting; a stack trace would only hide it.
+    /// connection string, a content root that is not there. Their messages already name the setting; a stack trace would only hide it.
     /// </summary>
     public static string Describe(Exception e)
     {
@@ -34,6 +35,11 @@ public static class StartFailure
                 $"PostgreSQL refused the API's role: {denied.MessageText}. An administrator grants what the API needs once, "
                 + "with script/sql/grant.sql (docs/deploy.md).",
             AggregateException { InnerExceptions: [var inner] } => Describe(inner),
+            // The content root (--contentRoot, ASPNETCORE_CONTENTROOT) names no folder: the file provider's message is the
+            // path alone.
+            DirectoryNotFoundException missing when missing.TargetSite?.DeclaringType == typeof(PhysicalFileProvider) =>
+                $"The content root {missing.Message} does not exist: start the API in its own folder, or name that folder "
+                + "with --contentRoot or ASPNETCORE_CONTENTROOT (docs/deploy.md).",
             // Configuration binding: the outer message names the setting, the inner one why the value does not fit.
             InvalidOperationException { InnerException: { } inner } when e.Message.StartsWith("Failed to convert configuration value")
                 => $"{e.Message} {inner.Message}",

@@ -35,6 +35,7 @@ public sealed class SettingsTests(ApiFactory api) : ApiTest(api)
     [InlineData("ConnectionStrings__Default", null, "ConnectionStrings__Default")]
     [InlineData("RateLimit__WritesPerMinute", "-5", "RateLimit:WritesPerMinute must be 0 (off) or a positive integer")]
     [InlineData("ChangeFeed__Window", "abc", "'abc' at 'ChangeFeed:Window'")]
+    [InlineData("ASPNETCORE_CONTENTROOT", "/nonexistent/api", "The content root /nonexistent/api/ does not exist: start the API in its own folder")]
     public async Task A_process_with_a_bad_setting_prints_one_line_naming_it_and_exits_with_1(string name, string? value, string message)
     {
         var settings = new List<(string, string?)> { (name, value) };

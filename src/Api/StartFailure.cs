@@ -24,7 +24,8 @@ public static class StartFailure
     /// <summary>
     /// The setting and its rule, from the exceptions that settings raise: a validation failure (ValidateOnStart), a value
     /// that does not convert ("Failed to convert configuration value at 'ChangeFeed:Window' ..."), a missing
-    /// connection string, a content root that is not there. Their messages already name the setting; a stack trace would only hide it.
+    /// connection string, a content root that is not there. Their messages already name the setting; a stack trace would
+    /// only hide it.
     /// </summary>
     public static string Describe(Exception e)
     {

@@ -47,6 +47,33 @@ public sealed class ChangeFeedTests(ApiFactory api) : ApiTest(api)
 
     static (ulong, int) Parse(string id) => id.Split('-') is [_, var lsn, var n] ? (Convert.ToUInt64(lsn, 16), int.Parse(n)) : throw new FormatException(id);
 
+    /// <summary>
+    /// An event's id holds the WAL position of its transaction's commit record: a write's token is past it, else a standby
+    /// that had replayed only as far as the token would answer without the write. A keyed write commits in the batch that
+    /// stores its answer and reads the token (IdempotencyStore.StoreAndCommitAsync), an unkeyed one in round trips of their own.
+    /// </summary>
+    [Theory]
+    [InlineData(null)]
+    [InlineData("token-past-commit")]
+    public async Task A_writes_Consistency_Token_is_past_its_commit_record(string? key)
+    {
+        await Api.SeedAsync();
+        await using var feed = await Sse.OpenAsync(Client);
+        using var patch = new HttpRequestMessage(HttpMethod.Patch, "/a/first") { Content = JsonContent.Create(new { data = "tokened" }) };
+        key = key is null ? null : $"{key}-{Guid.NewGuid():N}";
+        if (key is not null)
+            patch.Headers.Add("Idempotency-Key", key);
+        var response = await Client.SendAsync(patch);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        var token = NpgsqlTypes.NpgsqlLogSequenceNumber.Parse(response.Headers.GetValues("Consistency-Token").Single());
+
+        var update = Assert.Single(await feed.TakeAsync(1));
+        Assert.Equal(("a.update", "tokened"), (update.Type, update.RowData));
+        Assert.True((ulong)token > Parse(update.Id!).Item1, $"token {token} is past the commit in {update.Id}");
+        if (key is not null)
+            Assert.Equal(200, await Api.ScalarAsync<short>($"SELECT status FROM asyncormapi.idempotency_keys WHERE key = '{key}'"));
+    }
+
     [Fact]
     public async Task A_transactions_changes_arrive_together_at_its_commit_and_a_rolled_back_one_never()
     {

@@ -19,12 +19,14 @@ public static class Consistency
         + "the last writes by the replication delay.");
 
     /// <summary>
-    /// Answers a write with its token: the WAL position after its commit, read from the primary it ran on. One round trip
-    /// of its own, after the commit: a position read inside the transaction would come before its commit record.
+    /// The WAL position now. Read after a commit, on the primary it ran on, it is at or past that commit's record; read
+    /// inside the transaction it would come before it.
     /// </summary>
+    public const string PositionSql = "SELECT pg_current_wal_insert_lsn()::text AS \"Value\"";
+
+    /// <summary>Answers a committed write with its token: one round trip of its own, after the commit.</summary>
     public static async Task QueryAndSetAsync(AppDb db, HttpResponse response, CancellationToken ct) =>
-        response.Headers[Header] = await db.Database
-            .SqlQuery<string>($"SELECT pg_current_wal_insert_lsn()::text AS \"Value\"").SingleAsync(ct);
+        response.Headers[Header] = await db.Database.SqlQueryRaw<string>(PositionSql).SingleAsync(ct);
 }
 
 /// <summary>

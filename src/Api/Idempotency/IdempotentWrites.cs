@@ -98,9 +98,9 @@ public static class IdempotentWrites
                     if (!Succeeded(result))
                         return result;
                     var answer = await StoredAnswer.CaptureAsync(http, (IResult)result!);
-                    await IdempotencyStore.StoreAsync(db, key, fingerprint.GetHashAndReset(), answer, ct);
-                    await tx.CommitAsync(ct);
-                    await Consistency.QueryAndSetAsync(db, http.Response, ct);
+                    // Commits tx, in the round trip that stores the answer.
+                    http.Response.Headers[Consistency.Header] =
+                        await IdempotencyStore.StoreAndCommitAsync(db, key, fingerprint.GetHashAndReset(), answer, ct);
                     return answer;
             }
         }

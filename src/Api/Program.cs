@@ -37,6 +37,9 @@ try
     // Exactly-once writes: Idempotency-Key, its answers stored with the writes in PostgreSQL.
     builder.AddIdempotency();
 
+    // Start-up: a page and the streams served in the process before Kestrel listens, so no client waits for the JIT.
+    builder.AddWarmStart();
+
     var app = builder.Build();
     app.ValidateSettings();
 

@@ -131,6 +131,37 @@ public sealed class ObservabilityTests(ApiFactory api) : ApiTest(api)
     }
 
     [Fact]
+    public async Task A_new_process_serves_a_page_and_both_streams_before_it_listens_and_neither_logs_nor_counts_them()
+    {
+        await Api.SeedAsync();
+        // More than the half megabyte after which the warm-up cuts a stream.
+        await Api.ExecuteAsync("INSERT INTO a (data) SELECT 'warm ' || g FROM generate_series(1, 20000) g");
+        await using var process = await ApiProcess.StartAsync(Api.ConnectionString,
+            ("Admin__ApiKey", "key"), ("Logging__LogLevel__Default", "Information"), ("Logging__LogLevel__AsyncOrmApi.Http.WarmStart", "Debug"));
+        using var client = new HttpClient { BaseAddress = process.Address };
+        var scrape = await client.GetStringAsync("/metrics");
+        // Not requests of the API's: no duration under the routes it warmed, no transaction left open by a cut stream.
+        Assert.DoesNotContain(scrape.Split('\n'), l => l.StartsWith("http_server_request_duration_seconds") && l.Contains("http_route=\"/a"));
+        Assert.Equal(0L, await Api.OpenTransactionsAsync());
+        Assert.Equal(1000, (await client.GetFromJsonAsync<JsonElement>("/a")).GetArrayLength());
+        await process.StopAsync();
+
+        var logs = process.Output.Where(l => l.Trim().Length > 0).Select(l => JsonDocument.Parse(l).RootElement).ToList();
+        var warmUps = logs.Where(l => l.GetProperty("Category").GetString() == "AsyncOrmApi.Http.WarmStart").ToList();
+        // A page whole; a stream cut after its first half megabyte (499: the warm-up leaves as a client would).
+        Assert.Equal(["/a?limit=1 application/json 200", "/a/stream application/x-ndjson 499", "/a/stream application/json 499"],
+            warmUps.Select(l => l.GetProperty("State") is var s
+                ? $"{s.GetProperty("Path")}{s.GetProperty("Query")} {s.GetProperty("Accept")} {s.GetProperty("Status")}" : ""));
+        Assert.All(warmUps.Select(l => l.GetProperty("State").GetProperty("Bytes").GetInt64()).Skip(1), bytes => Assert.InRange(bytes, 512 * 1024, 1024 * 1024));
+        var listening = logs.FindIndex(l => l.GetProperty("Message").GetString()!.StartsWith("Now listening on"));
+        Assert.True(listening > logs.IndexOf(warmUps[^1]), "the warm-up comes before Kestrel listens");
+        Assert.Equal(["GET /health/live 200", "GET /metrics 200", "GET /a 200"], logs
+            .Where(l => l.GetProperty("Category").GetString()!.EndsWith("RequestLog"))
+            .Select(r => $"{r.GetProperty("State").GetProperty("Method")} {r.GetProperty("State").GetProperty("Route")} {r.GetProperty("State").GetProperty("Status")}"));
+        Assert.DoesNotContain(logs, l => l.GetProperty("LogLevel").GetString() is "Warning" or "Error" or "Critical");
+    }
+
+    [Fact]
     public async Task Over_the_write_budget_a_write_is_a_429_problem_and_does_not_happen()
     {
         await Api.SeedAsync();

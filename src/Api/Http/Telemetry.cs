@@ -128,7 +128,7 @@ public static partial class Telemetry
     {
         public async Task InvokeAsync(HttpContext http)
         {
-            if (!log.IsEnabled(LogLevel.Information))
+            if (!log.IsEnabled(LogLevel.Information) || WarmStart.IsWarmUp(http))
             {
                 await next(http);
                 return;

@@ -126,14 +126,19 @@ public static class WarmStart
         public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
         public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
         public override void SetLength(long value) => throw new NotSupportedException();
-        public override void Write(byte[] buffer, int offset, int count) => WriteAsync(buffer.AsMemory(offset, count)).AsTask().Wait();
+        public override void Write(byte[] buffer, int offset, int count) => Take(count);
 
         public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken ct = default)
         {
-            Written += buffer.Length;
+            Take(buffer.Length);
+            return ValueTask.CompletedTask;
+        }
+
+        void Take(int count)
+        {
+            Written += count;
             if (Written >= Bytes)
                 abort.Cancel();
-            return ValueTask.CompletedTask;
         }
     }
 }

@@ -198,7 +198,20 @@ public sealed partial class ChangeFeed : IAsyncDisposable
         return await current.WaitAsync(ct);
     }
 
-    /// <summary>On shutdown: stops the reader and waits until its connection is closed, which drops the slot.</summary>
+    /// <summary>
+    /// How long the shutdown waits for the reader's connection to close. A process that did not exit on SIGTERM (script/bench,
+    /// run 21; issue 20) was waiting here, in the host's disposal, which no shutdown timeout bounds: the reader's replication
+    /// stream, cancelled, was still being drained 20 minutes on (dotnet-dump: ReadAsync awaiting Npgsql's
+    /// PgOutputAsyncEnumerable), while PostgreSQL, told to stop at the same moment, kept its walsender waiting for that
+    /// client and did not stop either. Killing the API let both end.
+    /// </summary>
+    static readonly TimeSpan ReaderCloseWait = TimeSpan.FromSeconds(10);
+
+    /// <summary>
+    /// On shutdown: stops the reader and waits until its connection is closed, which drops the slot; at most
+    /// <see cref="ReaderCloseWait"/>, after which the process exits without it, and its socket's end lets PostgreSQL drop the
+    /// slot, a temporary one.
+    /// </summary>
     public async ValueTask DisposeAsync()
     {
         Task reading;
@@ -207,7 +220,15 @@ public sealed partial class ChangeFeed : IAsyncDisposable
             _stop?.Cancel();
             reading = _reading;
         }
-        await reading;                                     // ReadAsync catches everything itself
+        try
+        {
+            await reading.WaitAsync(ReaderCloseWait);      // ReadAsync catches everything itself
+        }
+        catch (TimeoutException)
+        {
+            _log.LogWarning("The change feed's replication connection did not close within {Seconds} s of the stop: the API "
+                + "stops without it, and PostgreSQL drops its temporary slot once the connection ends", ReaderCloseWait.TotalSeconds);
+        }
         foreach (var source in _sources.Values)
             await source.DisposeAsync();
     }

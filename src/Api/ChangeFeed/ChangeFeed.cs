@@ -200,10 +200,10 @@ public sealed partial class ChangeFeed : IAsyncDisposable
 
     /// <summary>
     /// How long the shutdown waits for the reader's connection to close. A process that did not exit on SIGTERM (script/bench,
-    /// run 21; issue 20) was waiting here, in the host's disposal, which no shutdown timeout bounds: the reader's replication
-    /// stream, cancelled, was still being drained 20 minutes on (dotnet-dump: ReadAsync awaiting Npgsql's
-    /// PgOutputAsyncEnumerable), while PostgreSQL, told to stop at the same moment, kept its walsender waiting for that
-    /// client and did not stop either. Killing the API let both end.
+    /// run 21; issue 20) was waiting here, in the host's disposal, which no shutdown timeout bounds: its reader, cancelled,
+    /// was still in Npgsql's replication stream 18 minutes on (dotnet-dump: ReadAsync awaiting PgOutputAsyncEnumerable,
+    /// no thread working), while PostgreSQL, told to stop at the same moment, did not stop either. Killing the API let
+    /// both end.
     /// </summary>
     static readonly TimeSpan ReaderCloseWait = TimeSpan.FromSeconds(10);
 

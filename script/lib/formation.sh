@@ -10,7 +10,7 @@ formation_install() {
     return 1
   fi
   echo "Installing pg_auto_failover from Debian's packages..." >&2
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15-auto-failover >/dev/null
+  apt_install postgresql-15-auto-failover
 }
 
 # Every process of the formation carries this in its environment, so that all of them can be found and stopped.

@@ -4,6 +4,24 @@
 
 pg_bindir() { pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
 
+# apt_install PACKAGE...: installs Debian's packages (as root), waiting up to ten minutes for the package lock when another
+# apt-get or unattended-upgrades holds it, and saying so, instead of failing at once.
+apt_install() {
+  local waited=0 out
+  while :; do
+    if out=$({ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"; } 2>&1 >/dev/null); then
+      return 0
+    fi
+    if ! grep -q "Could not get lock\|Unable to acquire the dpkg frontend lock\|Unable to lock" <<<"$out"; then
+      printf '%s\n' "$out" >&2
+      return 1
+    fi
+    [ "$waited" -eq 0 ] && echo "Waiting for Debian's package lock (another apt-get or dpkg holds it) to install $*..." >&2
+    [ "$waited" -ge 600 ] && { echo "Debian's package lock was still held after 600 s: $out" >&2; return 1; }
+    sleep 5; waited=$((waited + 5))
+  done
+}
+
 # Installs Debian's PostgreSQL server when it is missing (as root; a normal user is told what to run).
 pg_install() {
   if [ -x "$(pg_bindir)/initdb" ]; then return 0; fi
@@ -12,7 +30,7 @@ pg_install() {
     return 1
   fi
   echo "Installing PostgreSQL from Debian's packages..." >&2
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  apt_install postgresql || return 1
   # Debian's package starts its own cluster on 5432; ours does not need it.
   command -v pg_ctlcluster >/dev/null && pg_lsclusters -h 2>/dev/null | while read -r v c _; do
     pg_ctlcluster "$v" "$c" stop 2>/dev/null || true; done
@@ -26,8 +44,11 @@ pg_as_owner() {
 
 # pg_up NAME PORT [WAL_LEVEL]: starts (creating if needed) the cluster NAME on PORT and sets PGDATA_DIR and
 # PG_PORT. WAL_LEVEL is logical unless told otherwise (GET /a/changes needs it; the tests check a replica one too).
+# PG_STARTED is 1 when this call started the server and 0 when it was already running: pg_down stops only the former,
+# so a second script/server (or script/test beside a running one) never stops a cluster another command uses.
 pg_up() {
   local name=$1 port=$2 wal_level=${3:-logical} bin root
+  PG_STARTED=0
   pg_install || return 1
   bin=$(pg_bindir)
   root=$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)
@@ -57,15 +78,17 @@ CONF
     # and one on another port (before the ports moved) for its port: asked on the new port, it does not answer.
     if [ "$("$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -XAtqc 'show wal_level' 2>/dev/null)" != "$wal_level" ]; then
       pg_as_owner "$bin/pg_ctl" -D "$PGDATA_DIR" -m fast -w stop >/dev/null && { pg_ctl_start || return 1; }
+      PG_STARTED=1
     fi
   elif "$bin/pg_isready" -q -h 127.0.0.1 -p "$port"; then
     echo "Port $port is taken by another PostgreSQL (another checkout's?): stop it first." >&2
     return 1
   else
     pg_ctl_start || { tail -n 20 "$PGDATA_DIR/server.log" >&2; return 1; }
+    PG_STARTED=1
   fi
   PG_PORT=$port
-  export PGDATA_DIR PG_PORT
+  export PGDATA_DIR PG_PORT PG_STARTED
 }
 
 pg_ctl_start() {
@@ -74,8 +97,9 @@ pg_ctl_start() {
   pg_as_owner "$(pg_bindir)/pg_ctl" -D "$PGDATA_DIR" -l "$PGDATA_DIR/server.log" -w -t 60 start >/dev/null
 }
 
+# pg_down: stops the cluster pg_up started (PG_STARTED=1), and leaves one it found running to whoever started it.
 pg_down() {
-  [ -n "${PGDATA_DIR:-}" ] && [ -f "$PGDATA_DIR/postmaster.pid" ] &&
+  [ "${PG_STARTED:-0}" = 1 ] && [ -n "${PGDATA_DIR:-}" ] && [ -f "$PGDATA_DIR/postmaster.pid" ] &&
     pg_as_owner "$(pg_bindir)/pg_ctl" -D "$PGDATA_DIR" -m fast -w stop >/dev/null 2>&1
   return 0
 }
@@ -95,19 +119,21 @@ pg_connection() { echo "Host=127.0.0.1;Port=$PG_PORT;Database=$1;Username=postgr
 # running API). script/test calls it, and so do the tests themselves when run by a plain 'dotnet test'.
 pg_test_clusters() {
   local replica
+  TEST_CLUSTER_DIRS=""
   pg_up test-replica 15432 replica || return 1
   replica=$PGDATA_DIR
+  [ "$PG_STARTED" = 1 ] && TEST_CLUSTER_DIRS=$replica
   TEST_POSTGRES_REPLICA="$(pg_connection postgres)"
   pg_up test 15430 || return 1
   TEST_POSTGRES="$(pg_connection postgres)"
   TEST_POSTGRES_CTL="$(pg_bindir)/pg_ctl -D $PGDATA_DIR -l $PGDATA_DIR/server.log -w -t 60"
   [ "$(id -u)" -eq 0 ] && TEST_POSTGRES_CTL="runuser -u postgres -- $TEST_POSTGRES_CTL"
-  TEST_CLUSTER_DIRS="$PGDATA_DIR $replica"
+  [ "$PG_STARTED" = 1 ] && TEST_CLUSTER_DIRS="$TEST_CLUSTER_DIRS $PGDATA_DIR"
   export TEST_POSTGRES TEST_POSTGRES_REPLICA TEST_POSTGRES_CTL TEST_CLUSTER_DIRS
 }
 
 # pg_test_clusters_down: stops what pg_test_clusters started (the folders in TEST_CLUSTER_DIRS).
 pg_test_clusters_down() {
   local dir
-  for dir in ${TEST_CLUSTER_DIRS:-}; do PGDATA_DIR=$dir pg_down; done
+  for dir in ${TEST_CLUSTER_DIRS:-}; do PGDATA_DIR=$dir PG_STARTED=1 pg_down; done
 }

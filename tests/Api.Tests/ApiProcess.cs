@@ -12,12 +12,16 @@ public sealed class ApiProcess : IAsyncDisposable
     readonly Process _process;
     readonly List<string> _output = [];
 
+    readonly List<string> _errors = [];
+
     ApiProcess(Process process, Uri address)
     {
         _process = process;
         Address = address;
         process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (_output) _output.Add(e.Data); };
+        process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (_errors) _errors.Add(e.Data); };
         process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
     }
 
     public Uri Address { get; }
@@ -31,26 +35,36 @@ public sealed class ApiProcess : IAsyncDisposable
     {
         var address = new Uri($"http://127.0.0.1:{ApiFactory.FreePort()}");
         var start = StartInfo(address, [("ConnectionStrings__Default", connectionString), .. environment]);
+        start.RedirectStandardError = true;
         var api = new ApiProcess(Process.Start(start)!, address);
 
-        using var probe = new HttpClient { BaseAddress = address };
-        for (var i = 0; i < 300; i++)
+        // Until it answers or exits: a busy machine may take long to start it, and a start that fails says why.
+        using var probe = new HttpClient { BaseAddress = address, Timeout = TimeSpan.FromSeconds(10) };
+        var waited = Stopwatch.StartNew();
+        while (waited.Elapsed < StartWait)
         {
             try
             {
                 if ((await probe.GetAsync("/health/live")).StatusCode == HttpStatusCode.OK)
                     return api;
             }
-            catch (HttpRequestException)
+            catch (Exception e) when (e is HttpRequestException or TaskCanceledException)
             {
             }
             if (api._process.HasExited)
                 break;
             await Task.Delay(100);
         }
+        var why = api._process.HasExited ? $"exited with code {api._process.ExitCode}" : $"did not answer /health/live within {StartWait.TotalSeconds:0} s";
         await api.DisposeAsync();
-        throw new InvalidOperationException($"{start.Arguments} did not start: {string.Join('\n', api.Output)}");
+        List<string> said;
+        lock (api._errors)
+            said = [.. api.Output, .. api._errors];
+        throw new InvalidOperationException(
+            $"dotnet {start.Arguments} {why}; its output: {(said.Count == 0 ? "(none)" : string.Join('\n', said))}");
     }
+
+    static readonly TimeSpan StartWait = TimeSpan.FromSeconds(180);
 
     /// <summary>Runs it until it exits by itself, as a start that fails does: its exit code, stdout and stderr.</summary>
     public static async Task<(int ExitCode, string Output, string Errors)> RunToExitAsync(params (string Name, string? Value)[] environment)

@@ -13,7 +13,8 @@ namespace AsyncOrmApi.Tests;
 /// </summary>
 public sealed class LeastPrivilegeTests(ApiFactory api) : ApiTest(api)
 {
-    const string Role = "asyncormapi_least";
+    // The documented default role: its name is also the API's own schema, so its search_path ("$user", public) finds that first.
+    const string Role = "asyncormapi";
 
     [Fact]
     public async Task A_role_that_is_not_a_superuser_runs_the_scenario_the_feed_and_the_ingest()
@@ -51,6 +52,9 @@ public sealed class LeastPrivilegeTests(ApiFactory api) : ApiTest(api)
         Assert.Equal("new data", events[8].RowData);
         Assert.Equal(4L, await database.ScalarAsync<long>("SELECT count(*) FROM a"));
         Assert.Equal(Role, await database.ScalarAsync<string>("SELECT tableowner::text FROM pg_tables WHERE tablename = 'a'"));
+        // The seed's tables, where the seed program and the publication find them, and nowhere else.
+        Assert.Equal("public.a public.b", await database.ScalarAsync<string>(
+            "SELECT string_agg(schemaname || '.' || tablename, ' ' ORDER BY tablename) FROM pg_tables WHERE tablename IN ('a', 'b')"));
     }
 
     [Fact]

@@ -162,6 +162,23 @@ public sealed class ObservabilityTests(ApiFactory api) : ApiTest(api)
     }
 
     [Fact]
+    public async Task A_new_process_gives_back_the_stream_slots_its_warm_up_took()
+    {
+        await Api.SeedAsync();
+        await using var process = await ApiProcess.StartAsync(Api.ConnectionString, ("Admin__ApiKey", "key"), ("Streams__Total", "2"));
+        using var client = new HttpClient { BaseAddress = process.Address };
+
+        // At rest nothing is open: every series of the gauge reads 0.
+        var open = Regex.Matches(await client.GetStringAsync("/metrics"), @"^asyncormapi_streams_open\{[^}]*\} (\d+)", RegexOptions.Multiline);
+        Assert.NotEmpty(open);
+        Assert.All(open, m => Assert.Equal("0", m.Groups[1].Value));
+        // Both slots of Streams:Total=2 are free for the first two real streams, held open together.
+        using var first = await client.GetAsync("/a/stream", HttpCompletionOption.ResponseHeadersRead);
+        using var second = await client.GetAsync("/a/stream", HttpCompletionOption.ResponseHeadersRead);
+        Assert.Equal((HttpStatusCode.OK, HttpStatusCode.OK), (first.StatusCode, second.StatusCode));
+    }
+
+    [Fact]
     public async Task Over_the_write_budget_a_write_is_a_429_problem_and_does_not_happen()
     {
         await Api.SeedAsync();

@@ -69,7 +69,7 @@ public sealed partial class ChangeFeed : IAsyncDisposable
     readonly ConcurrentDictionary<string, NpgsqlDataSource> _sources = new();
 
     NpgsqlDataSource SourceFor(string connectionString) => _sources.GetOrAdd(connectionString, cs =>
-        new NpgsqlDataSourceBuilder(new NpgsqlConnectionStringBuilder(cs) { Pooling = false }.ConnectionString)
+        new NpgsqlDataSourceBuilder(new NpgsqlConnectionStringBuilder(cs) { Pooling = false, SearchPath = "public" }.ConnectionString)
         {
             Name = "asyncormapi-changefeed",
         }.Build());

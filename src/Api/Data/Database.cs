@@ -46,6 +46,9 @@ public static class Database
         // query. The API leaves no session state behind (no SET, LISTEN, temporary tables or session
         // locks; its advisory lock is per transaction), so there is nothing to reset (script/bench).
         settings.NoResetOnClose = true;
+        // The seed's tables are public.a and public.b whatever the role's search_path: a role named like the API's own
+        // schema (grant.sql's default, asyncormapi) would otherwise create them there, outside the feed's publication.
+        settings.SearchPath = "public";
         if (IsReplicated(settings))
         {
             // Several hosts (a formation): writes go to whichever is the writable primary now, unless the string says

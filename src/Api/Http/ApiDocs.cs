@@ -27,10 +27,13 @@ public static class ApiDocs
                 Name = AdminKey.Header,
                 Description = "The admin key (setting Admin:ApiKey) for POST /reset, POST /seed and POST /a; not needed in Development.",
             });
+            // The token travels as text (0/16B3748), not as the object it binds to.
+            o.MapType<ConsistencyToken>(() => new OpenApiSchema { Type = JsonSchemaType.String });
             o.OperationFilter<AdminKeyRequirement>();
             o.OperationFilter<ParameterRules>();
             o.OperationFilter<ResponseHeaders>();
             o.OperationFilter<IdempotencyKeys>();
+            o.OperationFilter<TryItOutExamples>();
             o.DocumentFilter<TagDescriptions>();
         });
         return services;
@@ -96,6 +99,57 @@ public static class ApiDocs
         }
     }
 
+    /// <summary>
+    /// What Swagger UI's Try it out pre-fills, so that Execute as it stands succeeds (or answers what the operation says):
+    /// each header a string with its pattern and an example, each request body an example. Without them Swagger UI built
+    /// <c>Consistency-Token: lsn,{}</c> from the token's type and a pretty-printed JSON object as the NDJSON body, both 400.
+    /// </summary>
+    sealed class TryItOutExamples : IOperationFilter
+    {
+        const string ETagList = """^(\*|(W/)?"[!#-~]*"(\s*,\s*(W/)?"[!#-~]*")*)$""";
+
+        /// <summary>Header, pattern, example: an example that is harmless to send as it is.</summary>
+        static readonly Dictionary<string, (string Pattern, string Example)> Headers = new(StringComparer.OrdinalIgnoreCase)
+        {
+            // 0/0 is behind every write, so any server has replayed it.
+            [Consistency.Header] = ("^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$", "0/0"),
+            ["If-Match"] = (ETagList, "*"),
+            // Version 0 is no row's: the first A is answered in full.
+            ["If-None-Match"] = (ETagList, "\"0\""),
+            [Preferences.Header] = ("^resolution=(merge|ignore)-duplicates$", Preferences.Merge),
+            ["Last-Event-ID"] = ("^[0-9a-f]{8}-[0-9A-F]{16}-[0-9]+$", "00000000-0000000000000000-0"),
+        };
+
+        public void Apply(OpenApiOperation operation, OperationFilterContext context)
+        {
+            foreach (var parameter in operation.Parameters?.OfType<OpenApiParameter>() ?? [])
+            {
+                if (parameter.In != ParameterLocation.Header)
+                    continue;
+                var (pattern, example) = parameter.Name == Idempotency.IdempotencyKey.Header
+                    // One key per operation: a second Execute replays the first answer, as the header's description says.
+                    ? ("^[ -~]{1,255}$", $"try-it-out-{context.ApiDescription.HttpMethod?.ToLowerInvariant()}-{context.ApiDescription.RelativePath?.Trim('/').Replace('/', '-')}")
+                    : Headers.TryGetValue(parameter.Name!, out var known) ? known : ("^[ -~]*$", "");
+                var schema = parameter.Schema as OpenApiSchema ?? new OpenApiSchema();
+                schema.Type = JsonSchemaType.String;
+                schema.Pattern = pattern;
+                schema.Format = null;
+                parameter.Schema = schema;
+                if (example.Length > 0)
+                    parameter.Example = System.Text.Json.Nodes.JsonValue.Create(example);
+            }
+            foreach (var (type, body) in operation.RequestBody?.Content ?? new Dictionary<string, IOpenApiMediaType>())
+                if (body is OpenApiMediaType media)
+                    media.Example = type switch
+                {
+                        NdJsonLines.MediaType => System.Text.Json.Nodes.JsonValue.Create(
+                            "{\"data\":\"a4\",\"bs\":[{\"data\":\"b1\"},{\"data\":\"b2\"}]}\n{\"data\":\"a5\",\"bs\":[]}\n"),
+                        "application/json" when operation.OperationId == "PatchFirstA" => new System.Text.Json.Nodes.JsonObject { ["data"] = "new data" },
+                        _ => media.Example,
+                    };
+        }
+    }
+
     sealed class TagDescriptions : IDocumentFilter
     {
         public void Apply(OpenApiDocument document, DocumentFilterContext context) => document.Tags = new HashSet<OpenApiTag>
@@ -142,6 +196,25 @@ public static class ApiDocs
             new() { Description = description, Schema = new OpenApiSchema { Type = JsonSchemaType.String } };
     }
 
+    /// <summary>
+    /// Swagger UI takes any media type that contains "json" for JSON and shows an NDJSON example as one quoted string (or a
+    /// pretty-printed object), which POST /a refuses: this turns such a body back into lines, one value a line, before it
+    /// is sent. A body of several lines (NDJSON as typed) goes as it is.
+    /// </summary>
+    const string NdJsonBody = """
+        (request) => {
+          const type = request.headers && (request.headers['Content-Type'] || request.headers['content-type']) || '';
+          if (type.startsWith('application/x-ndjson') && typeof request.body === 'string') {
+            try {
+              const value = JSON.parse(request.body);
+              request.body = typeof value === 'string' ? value
+                : (Array.isArray(value) ? value : [value]).map(line => JSON.stringify(line)).join('\n') + '\n';
+            } catch (e) { }
+          }
+          return request;
+        }
+        """;
+
     public static WebApplication UseApiDocs(this WebApplication app)
     {
         // The server is wherever the document was fetched from: a URL relative to it (OpenAPI 3.0, 4.1) stays
@@ -151,7 +224,11 @@ public static class ApiDocs
         app.UseWhen(http => http.Request.Path.StartsWithSegments("/swagger"), docs => docs
             .UseSwagger(o => o.PreSerializeFilters.Add((document, request) =>
                 document.Servers = [new OpenApiServer { Url = request.PathBase.HasValue ? request.PathBase.Value : "/" }]))
-            .UseSwaggerUI(o => o.DocumentTitle = "AsyncOrmApi"));
+            .UseSwaggerUI(o =>
+            {
+                o.DocumentTitle = "AsyncOrmApi";
+                o.UseRequestInterceptor(NdJsonBody);
+            }));
         app.MapGet("/", () => TypedResults.Redirect("/swagger")).ExcludeFromDescription();
         return app;
     }

@@ -70,7 +70,8 @@ public static class WarmStart
                 Protocol = "HTTP/1.1", Scheme = "http", Method = HttpMethods.Get, Path = path, QueryString = query,
                 Headers = { Host = "localhost", Accept = accept },
             });
-            features.Set<IHttpResponseFeature>(new HttpResponseFeature());
+            var response = new Response();
+            features.Set<IHttpResponseFeature>(response);
             var body = new CutAfter(aborted);
             features.Set<IHttpResponseBodyFeature>(new StreamResponseBodyFeature(body));
             features.Set<IHttpRequestLifetimeFeature>(new HttpRequestLifetimeFeature { RequestAborted = aborted.Token });
@@ -94,6 +95,8 @@ public static class WarmStart
             {
                 failed = e;
             }
+            // As Kestrel does when a response ends: what a request registered for then (a stream's slot) is given back.
+            await response.CompleteAsync();
             application.DisposeContext(context, failed);
             log.LogDebug(failed, "Warm-up GET {Path}{Query} ({Accept}): {Status}, {Bytes} bytes in {Elapsed:0.0} ms", path, query,
                 accept, features.Get<IHttpResponseFeature>()!.StatusCode, body.Written,
@@ -103,6 +106,20 @@ public static class WarmStart
         public Task StopAsync(CancellationToken ct) => kestrel.StopAsync(ct);
 
         public void Dispose() => kestrel.Dispose();
+    }
+
+    /// <summary>A response that runs its OnCompleted callbacks when told, last registered first, as Kestrel's does.</summary>
+    sealed class Response : HttpResponseFeature
+    {
+        readonly Stack<(Func<object, Task> Callback, object State)> _completed = new();
+
+        public override void OnCompleted(Func<object, Task> callback, object state) => _completed.Push((callback, state));
+
+        public async Task CompleteAsync()
+        {
+            while (_completed.TryPop(out var completed))
+                await completed.Callback(completed.State);
+        }
     }
 
     /// <summary>

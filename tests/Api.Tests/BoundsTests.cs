@@ -316,7 +316,9 @@ public sealed class BoundsTests(ApiFactory api) : ApiTest(api)
         }
         var rebound = new HttpRequestMessage(HttpMethod.Get, "/a");
         rebound.Headers.Host = "rebind.evil.example";
-        Assert.Equal(HttpStatusCode.BadRequest, (await Client.SendAsync(rebound)).StatusCode);
+        // A problem like every other 4xx, not the host filter's HTML page.
+        var problem = await ProblemAsync(await Client.SendAsync(rebound), HttpStatusCode.BadRequest);
+        Assert.Contains("rebind.evil.example", problem.GetProperty("detail").GetString());
     }
 
     [Fact]

@@ -3,6 +3,7 @@ using System.Text.Json;
 using System.Text.RegularExpressions;
 using AsyncOrmApi.Data;
 using Microsoft.AspNetCore.Diagnostics;
+using Microsoft.AspNetCore.HostFiltering;
 using Microsoft.AspNetCore.Http.HttpResults;
 
 namespace AsyncOrmApi.Http;
@@ -20,7 +21,34 @@ public static class Problems
         // Body and parameter binding failures become exceptions the handler answers with their own
         // status (400, 413, 415) and a detail that names the field; otherwise they are an empty 400.
         services.Configure<RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);
+        // The host filter (AllowedHosts) runs before the app's middleware and answered an unknown Host with an HTML page:
+        // without its message it answers an empty 400, which a startup filter outside it writes as a problem.
+        services.Configure<HostFilteringOptions>(o => o.IncludeFailureMessage = false);
+        services.Insert(0, ServiceDescriptor.Transient<IStartupFilter, UnknownHostProblem>());
         return services;
+    }
+
+    sealed class UnknownHostProblem : IStartupFilter
+    {
+        public Action<IApplicationBuilder> Configure(Action<IApplicationBuilder> next) => app =>
+        {
+            app.Use(async (http, inner) =>
+            {
+                await inner(http);
+                if (http.Response.StatusCode == StatusCodes.Status400BadRequest && !http.Response.HasStarted)
+                    await http.RequestServices.GetRequiredService<IProblemDetailsService>().WriteAsync(new()
+                    {
+                        HttpContext = http,
+                        ProblemDetails =
+                        {
+                            Status = StatusCodes.Status400BadRequest,
+                            Title = "Bad request",
+                            Detail = $"This server does not answer to the Host '{http.Request.Host}' (setting AllowedHosts).",
+                        },
+                    });
+            });
+            next(app);
+        };
     }
 
     public static WebApplication UseProblems(this WebApplication app)

@@ -22,9 +22,10 @@ public static class AEndpoints
 
     public static IEndpointRouteBuilder MapA(this IEndpointRouteBuilder routes)
     {
-        var a = routes.MapGroup("/a").WithTags("A").ProducesProblem(StatusCodes.Status503ServiceUnavailable);
+        // One group with no prefix, so that each route reads as it is written: a group "/a" made GET /a "/a/" in the metrics.
+        var a = routes.MapGroup("").WithTags("A").ProducesProblem(StatusCodes.Status503ServiceUnavailable);
 
-        a.MapGet("/", GetPage).WithName("GetAllA")
+        a.MapGet("/a", GetPage).WithName("GetAllA")
             .WithSummary("A page of A with their Bs, ordered by id (buffered eager load)")
             .WithDescription($"Keyset pages: at most `limit` A (default {Paging.DefaultLimit:N0}, at most {Paging.MaxLimit:N0}) with id "
                 + $"greater than `after`, each with all its Bs, and at most {Queries.MaxRows:N0} rows in all (a row per B, one for an A "
@@ -36,7 +37,7 @@ public static class AEndpoints
             .ProducesValidationProblem()
             .ReadLimited()
             .ProducesTimeout();
-        a.MapGet("/first", GetFirst).WithName("GetFirstA")
+        a.MapGet("/a/first", GetFirst).WithName("GetFirstA")
             .WithSummary("The first A (lowest id) with its Bs")
             .WithDescription("Answers with a strong `ETag` (the row's version); `If-None-Match` with it gives 304. At most "
                 + $"{Queries.MaxRows:N0} of its Bs, with `\"bsHasMore\": true` when it has more (`GET /a/stream` has them all).")
@@ -46,7 +47,7 @@ public static class AEndpoints
             .ProducesProblem(StatusCodes.Status404NotFound)
             .ReadLimited()
             .ProducesTimeout();
-        a.MapGet("/stream", Stream).WithName("StreamA")
+        a.MapGet("/a/stream", Stream).WithName("StreamA")
             .WithSummary("Every A with its Bs, streamed from the database as a JSON array or NDJSON")
             .WithDescription("Rows are sent as PostgreSQL returns them, in constant memory. "
                 + "Send `Accept: application/x-ndjson` for one A per line instead of a JSON array. "
@@ -57,7 +58,7 @@ public static class AEndpoints
             .Capped(slots => slots.Streams)
             // A stream runs as long as the table is long; it stops when its client leaves.
             .DisableRequestTimeout();
-        a.MapPatch("/first", PatchFirst).WithName("PatchFirstA")
+        a.MapPatch("/a/first", PatchFirst).WithName("PatchFirstA")
             .WithSummary("Sets the first A's data and commits")
             .WithDescription("With `If-Match` (an ETag of GET /a/first) the update happens only if the row is still at that "
                 + "version, else 412; without it the last write wins, as in the seed. The answer carries the new ETag.")
@@ -74,7 +75,7 @@ public static class AEndpoints
         // It adds data like POST /seed, so it takes the admin key like POST /seed.
         var ingest = routes.ServiceProvider.GetRequiredService<IOptions<IngestOptions>>().Value;
         var minRate = NdJsonLines.MinRate.From(ingest);
-        a.MapGroup("").RequireAdminKey("POST /a").MapPost("/", (HttpRequest request,
+        a.MapGroup("").RequireAdminKey("POST /a").MapPost("/a", (HttpRequest request,
             [FromHeader(Name = Preferences.Header)] string? prefer, AppDb db, HttpResponse response, CancellationToken ct) =>
             Ingest(request, prefer, minRate, ingest.MaxRowsWithKeyAside, db, response, ct)).WithName("IngestA")
             .WithSummary("Adds many A with their Bs from an NDJSON body, all or nothing; with ids, copies or syncs them")

@@ -140,10 +140,7 @@ public static partial class Telemetry
             }
             finally
             {
-                // A group's "/" route reads "/a/"; the API's route, and every doc, says /a.
-                var route = (Endpoints.Of(http) as RouteEndpoint)?.RoutePattern.RawText is { } raw
-                    ? raw.Length > 1 ? raw.TrimEnd('/') : raw
-                    : "(no route)";
+                var route = (Endpoints.Of(http) as RouteEndpoint)?.RoutePattern.RawText ?? "(no route)";
                 Answered(log, http.Request.Method, route, http.Response.StatusCode, Stopwatch.GetElapsedTime(start).TotalMilliseconds);
             }
         }

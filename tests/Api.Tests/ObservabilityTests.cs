@@ -121,13 +121,13 @@ public sealed class ObservabilityTests(ApiFactory api) : ApiTest(api)
         var logs = lines.Select(l => JsonDocument.Parse(l).RootElement).ToList(); // every line is one JSON object
         Assert.All(lines, l => Assert.DoesNotContain("secret", l));
         var requests = logs.Where(l => l.GetProperty("Category").GetString()!.EndsWith("RequestLog")).ToList();
-        // Routes as they are mapped: /a, not the group's "/a/".
         Assert.Equal(["GET /health/live 200", "POST /seed 201", "GET /a/first 200", "PATCH /a/first 200", "GET /a 200", "POST /a 201"], requests.Select(r =>
             $"{r.GetProperty("State").GetProperty("Method")} {r.GetProperty("State").GetProperty("Route")} {r.GetProperty("State").GetProperty("Status")}"));
         var first = Assert.Single(requests, r => r.GetProperty("State").GetProperty("Route").GetString() == "/a/first"
             && r.GetProperty("State").GetProperty("Method").GetString() == "GET");
         Assert.Equal(200, first.GetProperty("State").GetProperty("Status").GetInt32());
         Assert.True(first.GetProperty("State").GetProperty("DurationMs").GetDouble() > 0);
+        Assert.Equal("127.0.0.1", first.GetProperty("State").GetProperty("Client").GetString());
         Assert.Contains(first.GetProperty("Scopes").EnumerateArray(), s =>
             s.TryGetProperty("TraceId", out var id) && Regex.IsMatch(id.GetString()!, "^[0-9a-f]{32}$"));
     }

@@ -141,11 +141,13 @@ public static partial class Telemetry
             finally
             {
                 var route = (Endpoints.Of(http) as RouteEndpoint)?.RoutePattern.RawText ?? "(no route)";
-                Answered(log, http.Request.Method, route, http.Response.StatusCode, Stopwatch.GetElapsedTime(start).TotalMilliseconds);
+                // The client's address as the limits see it: behind a named proxy, the one X-Forwarded-For gave.
+                Answered(log, http.Request.Method, route, http.Response.StatusCode, Stopwatch.GetElapsedTime(start).TotalMilliseconds,
+                    http.Connection.RemoteIpAddress?.ToString() ?? "");
             }
         }
 
-        [LoggerMessage(Level = LogLevel.Information, Message = "{Method} {Route} answered {Status} in {DurationMs:0.0} ms")]
-        static partial void Answered(ILogger log, string method, string route, int status, double durationMs);
+        [LoggerMessage(Level = LogLevel.Information, Message = "{Method} {Route} answered {Status} in {DurationMs:0.0} ms to {Client}")]
+        static partial void Answered(ILogger log, string method, string route, int status, double durationMs, string client);
     }
 }

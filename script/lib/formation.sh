@@ -61,6 +61,9 @@ except ValueError:
 _formation_wait() {
   local tries=0 state
   while [ "$tries" -lt 240 ]; do
+    # A line every 10 s while it settles: a first start (a base backup, then catching up) takes a minute or more.
+    [ "$tries" -gt 0 ] && [ $((tries % 20)) -eq 0 ] &&
+      echo "  still settling after $((tries / 2)) s: $(formation_state | awk '{ printf "%s %s/%s  ", $1, $3, $4 }')" >&2
     state=$(formation_state)
     if [ "$(grep -c . <<<"$state")" -ge "$1" ] && ! awk '$3 != $4 || $3 !~ /^(single|primary|secondary)$/ { bad = 1 } END { exit !bad }' <<<"$state" &&
        { [ "$1" -eq 1 ] || grep -q ' secondary secondary$' <<<"$state"; }; then
@@ -72,20 +75,31 @@ _formation_wait() {
   return 1
 }
 
-formation_up() {
-  local name=$1 base=$2 db=$3 root i
-  pg_install && formation_install || return 1
+# formation_dir NAME: sets FORMATION_DIR, the folder of the formation NAME (running or not).
+formation_dir() {
+  local root
   root=$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)
-  FORMATION_DIR="$root/.pg/$name"
+  FORMATION_DIR="$root/.pg/$1"
   # As root the formation belongs to 'postgres', which must reach the folder (as postgres.sh does for clusters).
   if [ "$(id -u)" -eq 0 ] && ! runuser -u postgres -- test -x "$root"; then
-    FORMATION_DIR="/tmp/asyncormapi-pg-$(printf %s "$root" | md5sum | cut -c1-8)/$name"
+    FORMATION_DIR="/tmp/asyncormapi-pg-$(printf %s "$root" | md5sum | cut -c1-8)/$1"
   fi
   export FORMATION_DIR
+}
+
+# formation_switchover: a planned failover (pg_autoctl perform failover): the standby is promoted, the old primary
+# follows it; returns once the formation has settled again.
+formation_switchover() { _autoctl perform failover --pgdata "$FORMATION_DIR/monitor" --wait 120; }
+
+formation_up() {
+  local name=$1 base=$2 db=$3 i
+  pg_install && formation_install || return 1
+  formation_dir "$name"
   formation_down
   # pg_autoctl falls back to /tmp when XDG_RUNTIME_DIR names no folder.
   mkdir -p "$FORMATION_DIR/run"
   [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$FORMATION_DIR" "$FORMATION_DIR/run" "$(dirname "$FORMATION_DIR")"
+  echo "Formation: the monitor on 127.0.0.1:$base..." >&2
   _autoctl create monitor --pgdata "$FORMATION_DIR/monitor" --pgport "$base" --hostname 127.0.0.1 --auth trust --no-ssl \
     >>"$FORMATION_DIR/create.log" 2>&1 || { tail -n 5 "$FORMATION_DIR/create.log" >&2; return 1; }
   _autoctl config set --pgdata "$FORMATION_DIR/monitor" postgresql.listen_addresses 127.0.0.1 >/dev/null 2>&1
@@ -102,6 +116,7 @@ formation_up() {
     -c "ALTER SYSTEM SET pgautofailover.primary_demote_timeout = 3000" \
     -c "SELECT pg_reload_conf()" >/dev/null
   for i in 1 2; do
+    echo "Formation: node n$i on 127.0.0.1:$((base + i))$([ "$i" -eq 2 ] && echo ", a synchronous standby of n1 (a base backup first)")..." >&2
     # --listen: pg_autoctl's nodes listen on every address unless told otherwise.
     _autoctl create postgres --pgdata "$FORMATION_DIR/n$i" --pgport "$((base + i))" --listen 127.0.0.1 \
       --hostname 127.0.0.1 --auth trust --no-ssl --dbname "$db" --name "n$i" \
@@ -113,6 +128,7 @@ formation_up() {
     _formation_keeper "n$i"
     _formation_wait "$i" || return 1
   done
+  echo "Formation: ready." >&2
   FORMATION_CONNECTION="Host=127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2));Database=$db;Username=postgres"
   export FORMATION_CONNECTION
 }

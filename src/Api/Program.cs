@@ -48,6 +48,7 @@ try
     app.UseProblems();
     app.UseLimits();
     app.UseIdempotency();
+    app.UseChangePositions();
     app.UseApiDocs();
 
     await app.PrepareDatabaseAsync();

@@ -93,6 +93,27 @@ public sealed class Sse : IAsyncDisposable
         return got;
     }
 
+    /// <summary>The events that come until none has come for <paramref name="quiet"/> (at most <paramref name="most"/> in all).</summary>
+    public async Task<List<SseEvent>> TakeUntilQuietAsync(TimeSpan quiet, TimeSpan most)
+    {
+        var got = new List<SseEvent>();
+        using var all = new CancellationTokenSource(most);
+        while (!all.IsCancellationRequested)
+        {
+            using var pause = CancellationTokenSource.CreateLinkedTokenSource(all.Token);
+            pause.CancelAfter(quiet);
+            try
+            {
+                got.Add(await _events.Reader.ReadAsync(pause.Token));
+            }
+            catch (Exception e) when (e is OperationCanceledException or ChannelClosedException)
+            {
+                break;
+            }
+        }
+        return got;
+    }
+
     /// <summary>The events that arrived until the stream ended (within 30 s).</summary>
     public async Task<List<SseEvent>> UntilEndAsync()
     {

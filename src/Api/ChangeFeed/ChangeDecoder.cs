@@ -22,6 +22,7 @@ sealed class ChangeDecoder(ChangeLog changes, Dictionary<string, uint> tables, i
     readonly List<Change> _pending = [];
     readonly ArrayBufferWriter<byte> _buffer = new(256);
     ulong _commitLsn;
+    uint _xid;
     int _ordinal;
     long _pendingBytes;
     bool _tooLarge;
@@ -32,6 +33,7 @@ sealed class ChangeDecoder(ChangeLog changes, Dictionary<string, uint> tables, i
         {
             case BeginMessage begin:
                 _commitLsn = (ulong)begin.TransactionFinalLsn;
+                _xid = begin.TransactionXid;
                 _ordinal = 0;
                 _tooLarge = false;
                 _pending.Clear();
@@ -128,7 +130,7 @@ sealed class ChangeDecoder(ChangeLog changes, Dictionary<string, uint> tables, i
     void Add(string type)
     {
         var id = new ChangeId(changes.Source, _commitLsn, ++_ordinal);
-        var change = Change.Of(id, type, _buffer.WrittenSpan);
+        var change = Change.Of(id, _xid, type, _buffer.WrittenSpan);
         _pendingBytes += change.Frame.Length;
         _pending.Add(change);
     }

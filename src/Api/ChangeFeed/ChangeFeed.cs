@@ -75,22 +75,54 @@ public sealed partial class ChangeFeed : IAsyncDisposable
         }.Build());
 
     /// <summary>
-    /// Subscribes after <paramref name="after"/> (null: at the live head), starting the reader if none runs. Null when
-    /// what followed <paramref name="after"/> is not known here: the client must refetch.
+    /// Subscribes after what <paramref name="since"/> names (an event's id, a read's position, or nothing: now), starting
+    /// the reader if none runs. Null when what followed it is not known here: the client must refetch.
     /// </summary>
-    public async Task<(ChangeLog Log, ChangeLog.Subscriber Subscriber)?> SubscribeAsync(ChangeId? after, Action cut, CancellationToken ct)
+    public async Task<(ChangeLog Log, ChangeLog.Subscriber Subscriber)?> SubscribeAsync(Since since, Action cut, CancellationToken ct)
     {
         for (var attempt = 1; ; attempt++)
         {
             var changes = await RunningLogAsync(ct);
-            if (after is { } id && id.Source == changes.Source && id > changes.Newest && !await IsPastAsync(id, ct))
+            // Without an id: from now, exactly, as a read now would see it; not from wherever the reader has got to, which
+            // may still be behind commits made before the subscription.
+            if (since is { After: null, Position: null })
+                since = since with { Position = ChangePosition.Of(changes.Source, await SnapshotAsync(ct)) };
+            var lsn = since.After?.Lsn ?? since.Position?.Lsn;
+            var from = since.After?.Source ?? since.Position?.Source;
+            if (lsn is { } position && from == changes.Source && position > changes.Newest.Lsn && !await IsPastAsync(position, ct))
                 return null;                               // a position this server has not reached: not one of its ids
-            if (changes.Subscribe(after, cut) is { } subscriber)
+            if (changes.Subscribe(since, cut) is { } subscriber)
                 return (changes, subscriber);
             if (!changes.Ended || attempt == 3)
                 return null;                               // else the reader stopped (idle) just now: start another
         }
     }
+
+    /// <summary>
+    /// The source of a read's <c>Change-Position</c>: the running log's, the reader started first if none runs, so that a
+    /// subscription from the read finds its changes in the window. Null when the feed cannot run (wal_level, privileges)
+    /// or its reader does not start within <see cref="PositionWait"/> (a slot waits for the writes in progress); the read
+    /// then answers without a position. A failure is remembered for as long, so that reads do not each try again.
+    /// </summary>
+    public async Task<uint?> PositionSourceAsync(CancellationToken ct)
+    {
+        if (Environment.TickCount64 < Interlocked.Read(ref _noPositionUntil))
+            return null;
+        try
+        {
+            return (await RunningLogAsync(ct).WaitAsync(PositionWait, ct)).Source;
+        }
+        catch (Exception e) when (e is not OperationCanceledException || !ct.IsCancellationRequested)
+        {
+            Interlocked.Exchange(ref _noPositionUntil, Environment.TickCount64 + (long)PositionWait.TotalMilliseconds);
+            return null;
+        }
+    }
+
+    /// <summary>How long a read waits for the feed's reader to start, and how long a failure to start is remembered.</summary>
+    public static readonly TimeSpan PositionWait = TimeSpan.FromSeconds(2);
+
+    long _noPositionUntil;
 
     /// <summary>The running log's size and subscribers; zeros while no reader runs.</summary>
     (long Events, long Bytes, int Subscribers) Window()

@@ -4,18 +4,28 @@ namespace AsyncOrmApi.Changes;
 
 /// <summary>
 /// One event of the feed, formatted once as its whole Server-Sent Events frame (<c>event:</c>, <c>data:</c>, <c>id:</c> and
-/// the blank line) and written to every subscriber as is.
+/// the blank line) and written to every subscriber as is; with its transaction's id (for a read's position) and its
+/// table (<c>a</c>, <c>b</c>, or null for a reset, which every subscriber gets).
 /// </summary>
-public sealed record Change(ChangeId Id, byte[] Frame)
+public sealed record Change(ChangeId Id, uint Xid, string? Table, byte[] Frame)
 {
     /// <summary>The frame of an event of <paramref name="type"/> whose data is <paramref name="json"/> (one line: JSON
     /// escapes every line break inside its strings).</summary>
-    public static Change Of(ChangeId id, string type, ReadOnlySpan<byte> json)
+    public static Change Of(ChangeId id, uint xid, string type, ReadOnlySpan<byte> json)
     {
         var head = Encoding.UTF8.GetBytes($"event: {type}\ndata: ");
         var tail = Encoding.UTF8.GetBytes($"\nid: {id}\n\n");
-        return new Change(id, [.. head, .. json, .. tail]);
+        var dot = type.IndexOf('.');
+        return new Change(id, xid, dot < 0 ? null : type[..dot], [.. head, .. json, .. tail]);
     }
+}
+
+/// <summary>What a subscriber has already seen, and which table it follows (null: both).</summary>
+public sealed record Since(ChangeId? After, ChangePosition? Position, string? Table)
+{
+    public bool Wants(Change change) =>
+        (Table is null || change.Table is null || change.Table == Table)
+        && (Position is { } read ? !read.Saw(change.Xid) : After is not { } after || change.Id > after);
 }
 
 /// <summary>
@@ -48,10 +58,10 @@ public sealed class ChangeLog(uint source, ulong startLsn, int window, long wind
     public bool Ended { get; private set; }
 
     /// <summary>A subscriber's place in the log: the sequence number of the next change it reads.</summary>
-    public sealed class Subscriber(long cursor, ChangeId? after, Action cut)
+    public sealed class Subscriber(long cursor, Since since, Action cut)
     {
         internal long Cursor = cursor;
-        internal readonly ChangeId? After = after;
+        internal readonly Since Since = since;
         internal readonly Action Cut = cut;
     }
 
@@ -120,20 +130,28 @@ public sealed class ChangeLog(uint source, ulong startLsn, int window, long wind
     }
 
     /// <summary>
-    /// Where a subscriber that has seen <paramref name="after"/> (or nothing: the live head) starts; null when this log
-    /// cannot tell what followed it: an id of another source, or older than what the ring holds.
+    /// Where a subscriber that has seen what <paramref name="since"/> says starts; null when this log cannot tell what
+    /// followed it: an id or a read of another source, or older than what the ring holds.
     /// </summary>
-    public Subscriber? Subscribe(ChangeId? after, Action cut)
+    public Subscriber? Subscribe(Since since, Action cut)
     {
         lock (_gate)
         {
-            if (Ended || after is { } id && (id.Source != source || id < _floor))
+            if (Ended || since.After is { } id && (id.Source != source || id < _floor)
+                // A read at the slot's start has seen nothing it decodes; one at a change that left the ring may lack it.
+                || since.Position is { } read && (read.Source != source || read.Lsn < _floor.Lsn
+                    || read.Lsn == _floor.Lsn && _floor.Ordinal != int.MaxValue))
                 return null;
             var cursor = _head;
-            if (after is { } seen)
+            if (since.After is { } seen)
                 while (cursor > _tail && _ring[(cursor - 1) % _ring.Length] is { } c && c.Id > seen)
                     cursor--;
-            var subscriber = new Subscriber(cursor, after, cut);
+            // A read's position: from the first change the read did not see. Its commit may lie before the read's WAL
+            // position (see ChangePosition), so the ring is searched from its start, not from that position.
+            if (since.Position is { } position)
+                for (cursor = _tail; cursor < _head && position.Saw(_ring[cursor % _ring.Length].Xid);)
+                    cursor++;
+            var subscriber = new Subscriber(cursor, since, cut);
             _subscribers.Add(subscriber);
             return subscriber;
         }
@@ -172,7 +190,7 @@ public sealed class ChangeLog(uint source, ulong startLsn, int window, long wind
             for (; cursor < _head && n < into.Length; cursor++)
             {
                 var change = _ring[cursor % _ring.Length];
-                if (subscriber.After is not { } after || change.Id > after)
+                if (subscriber.Since.Wants(change))
                     into[n++] = change;
             }
             Volatile.Write(ref subscriber.Cursor, cursor);

@@ -139,12 +139,22 @@ public sealed partial class ChangeFeed
     }
 
     /// <summary>Whether the server's WAL has reached <paramref name="id"/>: ids from beyond it are none of this database's.</summary>
-    async Task<bool> IsPastAsync(ChangeId id, CancellationToken ct)
+    async Task<bool> IsPastAsync(ulong lsn, CancellationToken ct)
     {
         await using var connection = await SourceFor(_primary).OpenConnectionAsync(ct);
-        await using var command = new NpgsqlCommand("SELECT pg_current_wal_lsn()::text", connection);
+        await using var command = new NpgsqlCommand("SELECT pg_current_wal_insert_lsn()::text", connection);
         var current = NpgsqlTypes.NpgsqlLogSequenceNumber.Parse((string)(await command.ExecuteScalarAsync(ct))!);
-        return (ulong)current >= id.Lsn;
+        return (ulong)current >= lsn;
+    }
+
+    /// <summary>The primary's snapshot now, as a read would record it.</summary>
+    async Task<ReadSnapshot> SnapshotAsync(CancellationToken ct)
+    {
+        await using var connection = await SourceFor(_primary).OpenConnectionAsync(ct);
+        await using var command = new NpgsqlCommand($"SELECT {ReadSnapshot.Columns}", connection);
+        await using var reader = await command.ExecuteReaderAsync(ct);
+        await reader.ReadAsync(ct);
+        return new ReadSnapshot(reader.GetString(0), reader.GetString(1));
     }
 
     static uint SourceOf(ReplicationSystemIdentification system) => BinaryPrimitives.ReadUInt32BigEndian(

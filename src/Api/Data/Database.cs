@@ -86,7 +86,7 @@ public static class Database
         // The stream's query over no rows (an A's Bs are read whole, and the first A may have millions), and the
         // serializer on one A of the seed's shape.
         using var turn = new FetchTurn();
-        await foreach (var _ in Queries.AllA(db, int.MaxValue, turn, ct)) { }
+        await foreach (var _ in Queries.AllA(db, int.MaxValue, turn, ct: ct)) { }
         JsonSerializer.SerializeToUtf8Bytes(new ADto(1, "a1", [new BDto(1, 1, null)]), WireJson.Default.ADto);
     }
 

@@ -33,7 +33,7 @@ public static class AEndpoints
                 + "next page's URL (`rel=\"next\"`): follow it rather than building one. The last page has no `next`. An A with more "
                 + $"than {Queries.MaxRows:N0} Bs comes with its first {Queries.MaxRows:N0} and `\"bsHasMore\": true`; "
                 + "`GET /a/stream?after={id - 1}` has it whole.")
-            .WithMetadata(Paging.Limit, Paging.After, Consistency.Token)
+            .WithMetadata(Paging.Limit, Paging.After, Consistency.Token, new ReadSnapshot.Metadata())
             .ProducesValidationProblem()
             .ReadLimited()
             .ProducesTimeout();
@@ -41,7 +41,7 @@ public static class AEndpoints
             .WithSummary("The first A (lowest id) with its Bs")
             .WithDescription("Answers with a strong `ETag` (the row's version); `If-None-Match` with it gives 304. At most "
                 + $"{Queries.MaxRows:N0} of its Bs, with `\"bsHasMore\": true` when it has more (`GET /a/stream` has them all).")
-            .WithMetadata(Consistency.Token)
+            .WithMetadata(Consistency.Token, new ReadSnapshot.Metadata())
             .Produces(StatusCodes.Status304NotModified)
             .ProducesValidationProblem()
             .ProducesProblem(StatusCodes.Status404NotFound)
@@ -52,7 +52,7 @@ public static class AEndpoints
             .WithDescription("Rows are sent as PostgreSQL returns them, in constant memory. "
                 + "Send `Accept: application/x-ndjson` for one A per line instead of a JSON array. "
                 + "A client whose stream was cut resumes with `after` = the id of the last whole A it received.")
-            .WithMetadata(Paging.After, Consistency.Token)
+            .WithMetadata(Paging.After, Consistency.Token, new ReadSnapshot.Metadata())
             .ProducesValidationProblem()
             .ReadLimited()
             .Capped(slots => slots.Streams)
@@ -117,7 +117,7 @@ public static class AEndpoints
             return invalid;
         var token = consistencyToken?.Lsn;
         var take = limit ?? Paging.DefaultLimit;
-        var page = await replicas.ReadAsync(db, token, db => Queries.PageAsync(db, Paging.Start(after), take, ct), ct);
+        var page = await replicas.ReadAsync(db, token, db => Queries.PageAsync(db, Paging.Start(after), take, ct, ReadSnapshot.On(http)), ct);
         if (page.More)
             Paging.SetNext(http, page.As[^1].Id, take);
         return TypedResults.Ok(page.As);
@@ -125,11 +125,12 @@ public static class AEndpoints
 
     static async Task<Results<Ok<ADto>, StatusCodeHttpResult, ValidationProblem, ProblemHttpResult>> GetFirst(
         [FromHeader(Name = "If-None-Match")] string? ifNoneMatch, [FromHeader(Name = Consistency.Header)] ConsistencyToken? consistencyToken,
-        AppDb db, Replicas replicas, HttpResponse response, CancellationToken ct)
+        AppDb db, Replicas replicas, HttpContext http, CancellationToken ct)
     {
         var token = consistencyToken?.Lsn;
+        var response = http.Response;
         // xmin is the same on a standby as on the primary for the same row version: ETags hold on either.
-        if (await replicas.ReadAsync(db, token, db => Queries.FirstAsync(db, ct), ct) is not { } first)
+        if (await replicas.ReadAsync(db, token, db => Queries.FirstAsync(db, ct, ReadSnapshot.On(http)), ct) is not { } first)
             return Problems.NoA();
         ETags.Set(response, first.Version);
         return ETags.NoneMatchHits(ifNoneMatch, first.Version)
@@ -138,12 +139,12 @@ public static class AEndpoints
     }
 
     static async Task<Results<AStreamResult, ValidationProblem>> Stream(int? after,
-        [FromHeader(Name = Consistency.Header)] ConsistencyToken? consistencyToken, AppDb db, Replicas replicas, HttpResponse response, CancellationToken ct)
+        [FromHeader(Name = Consistency.Header)] ConsistencyToken? consistencyToken, AppDb db, Replicas replicas, HttpContext http, CancellationToken ct)
     {
         var token = consistencyToken?.Lsn;
         // The standby connection stays lent until the stream has been written.
-        response.RegisterForDisposeAsync(await replicas.ReadFromStandbyAsync(db, token, ct));
-        return new AStreamResult(turn => Queries.AllA(db, Paging.Start(after), turn));
+        http.Response.RegisterForDisposeAsync(await replicas.ReadFromStandbyAsync(db, token, ct));
+        return new AStreamResult(turn => Queries.AllA(db, Paging.Start(after), turn, ReadSnapshot.On(http)));
     }
 
     static async Task<Results<Ok<ADto>, ValidationProblem, ProblemHttpResult>> PatchFirst(

@@ -157,7 +157,7 @@ public static class Problems
     public static ProblemHttpResult MustRefetch() =>
         TypedResults.Problem(statusCode: StatusCodes.Status409Conflict, title: "must-refetch",
             detail: "must-refetch: the changes after this id are no longer known here (older than the feed keeps, from another "
-                + "database or timeline, or from before the API restarted). Read GET /a again, then GET /a/changes without an id.");
+                + "database or timeline, or from before the API restarted). Read again (GET /a/stream), then GET /a/changes?after= that read's Change-Position.");
 
     public static ProblemHttpResult ChangeFeedUnavailable(string why) =>
         TypedResults.Problem(statusCode: StatusCodes.Status503ServiceUnavailable, title: "Change feed unavailable", detail: why);

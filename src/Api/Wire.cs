@@ -64,5 +64,68 @@ public sealed partial class WireJson : JsonSerializerContext
     {
         options.TypeInfoResolverChain.Insert(0, Default);
         options.AllowDuplicateProperties = false;
+        options.Encoder = MinimalJsonEncoder.Instance;
+    }
+}
+
+/// <summary>
+/// Escapes only what JSON requires (RFC 8259: the quote, the backslash and control characters), so that text is its
+/// UTF-8 size on every wire. ASP.NET Core's default also escapes every character outside the Basic Multilingual Plane
+/// (an emoji became 12 bytes), and System.Text.Json's own default HTML-sensitive ones too (<c>&lt;</c> became 6 bytes).
+/// </summary>
+public sealed class MinimalJsonEncoder : System.Text.Encodings.Web.JavaScriptEncoder
+{
+    public static readonly MinimalJsonEncoder Instance = new();
+
+    static readonly System.Buffers.SearchValues<char> Chars = System.Buffers.SearchValues.Create(
+        [.. Enumerable.Range(0, 0x20).Select(c => (char)c), '"', '\\']);
+    static readonly System.Buffers.SearchValues<byte> Bytes = System.Buffers.SearchValues.Create(
+        [.. Enumerable.Range(0, 0x20).Select(c => (byte)c), (byte)'"', (byte)'\\']);
+
+    public override int MaxOutputCharactersPerInputCharacter => 12;      // a surrogate pair as two \uXXXX
+
+    public override bool WillEncode(int unicodeScalar) => unicodeScalar is < 0x20 or '"' or '\\';
+
+    public override unsafe int FindFirstCharacterToEncode(char* text, int textLength)
+    {
+        var span = new ReadOnlySpan<char>(text, textLength);
+        var i = span.IndexOfAny(Chars);
+        // A lone surrogate is no text: it is escaped rather than written as invalid UTF-8.
+        var lone = IndexOfLoneSurrogate(i < 0 ? span : span[..i]);
+        return lone >= 0 ? lone : i;
+    }
+
+    public override int FindFirstCharacterToEncodeUtf8(ReadOnlySpan<byte> utf8Text) => utf8Text.IndexOfAny(Bytes);
+
+    public override unsafe bool TryEncodeUnicodeScalar(int unicodeScalar, char* buffer, int bufferLength, out int numberOfCharactersWritten)
+    {
+        var escape = unicodeScalar switch
+        {
+            '"' => "\\\"", '\\' => "\\\\", '\n' => "\\n", '\r' => "\\r", '\t' => "\\t", '\b' => "\\b", '\f' => "\\f",
+            < 0x20 or (>= 0xD800 and <= 0xDFFF) => $"\\u{unicodeScalar:X4}",
+            < 0x10000 => ((char)unicodeScalar).ToString(),
+            _ => char.ConvertFromUtf32(unicodeScalar),
+        };
+        numberOfCharactersWritten = 0;
+        if (escape.Length > bufferLength)
+            return false;
+        escape.CopyTo(new Span<char>(buffer, bufferLength));
+        numberOfCharactersWritten = escape.Length;
+        return true;
+    }
+
+    static int IndexOfLoneSurrogate(ReadOnlySpan<char> text)
+    {
+        for (var i = text.IndexOfAnyInRange('\uD800', '\uDFFF'); i >= 0 && i < text.Length; i++)
+        {
+            if (char.IsHighSurrogate(text[i]) && i + 1 < text.Length && char.IsLowSurrogate(text[i + 1]))
+            {
+                i++;
+                continue;
+            }
+            if (char.IsSurrogate(text[i]))
+                return i;
+        }
+        return -1;
     }
 }

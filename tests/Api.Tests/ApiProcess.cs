@@ -26,6 +26,15 @@ public sealed class ApiProcess : IAsyncDisposable
 
     public Uri Address { get; }
 
+    public int Id => _process.Id;
+
+    /// <summary>Kills it as a crash would (SIGKILL), and waits for it to be gone.</summary>
+    public void Kill()
+    {
+        _process.Kill();
+        _process.WaitForExit();
+    }
+
     public IReadOnlyList<string> Output
     {
         get { lock (_output) return [.. _output]; }

@@ -13,11 +13,8 @@ namespace AsyncOrmApi.Changes;
 /// </summary>
 sealed class ChangeDecoder(ChangeLog changes, Dictionary<string, uint> tables, int window, long windowBytes)
 {
-    /// <summary>
-    /// SSE needs no HTML-safe escaping: without it an event is about its row's UTF-8 size. With the default encoder a
-    /// 1 MB PATCH of non-ASCII text became a 6 MB event (every character a \uXXXX; issue 16).
-    /// </summary>
-    static readonly JsonWriterOptions Json = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping, SkipValidation = true };
+    /// <summary>An event is its row's UTF-8 size: only the escapes JSON requires.</summary>
+    static readonly JsonWriterOptions Json = new() { Encoder = MinimalJsonEncoder.Instance, SkipValidation = true };
 
     readonly List<Change> _pending = [];
     readonly ArrayBufferWriter<byte> _buffer = new(256);

@@ -62,17 +62,39 @@ public sealed partial class ChangeFeed : IAsyncDisposable
     Task _reading = Task.CompletedTask;                  // the running reader, until its connection (and slot) is gone
     long _lastUse = Environment.TickCount64;
     string _primary = "";                                // the connection string of the server the reader reads
-    // The feed's own queries (setup, id checks), per primary it has read: named, so that /metrics labels the pool
-    // "asyncormapi-changefeed" and not by its connection string. A failover adds one. Unpooled: they are few (a reader's
-    // start, a resume's check), and a pooled connection left idle across a PostgreSQL restart failed the next reader's
-    // setup (OutageTests).
+    // The feed's own queries (setup, a subscription's snapshot, id checks), per primary it has read: named, so that /metrics
+    // labels the pool "asyncormapi-changefeed" and not by its connection string. A failover adds one. Pooled, so that no
+    // subscription opens a session of its own (60 clients resuming from beyond the WAL opened 591 before); a pooled
+    // connection that did not survive a PostgreSQL restart is dropped and the query tried once more (QueryAsync).
     readonly ConcurrentDictionary<string, NpgsqlDataSource> _sources = new();
 
     NpgsqlDataSource SourceFor(string connectionString) => _sources.GetOrAdd(connectionString, cs =>
-        new NpgsqlDataSourceBuilder(new NpgsqlConnectionStringBuilder(cs) { Pooling = false, SearchPath = "public" }.ConnectionString)
+        new NpgsqlDataSourceBuilder(new NpgsqlConnectionStringBuilder(cs) { SearchPath = "public", MaxPoolSize = 4 }.ConnectionString)
         {
             Name = "asyncormapi-changefeed",
         }.Build());
+
+    /// <summary>Runs <paramref name="query"/> on a pooled connection to the primary; again on a fresh one if that one was broken.</summary>
+    async Task<T> QueryAsync<T>(Func<NpgsqlConnection, Task<T>> query, CancellationToken ct)
+    {
+        for (var attempt = 1; ; attempt++)
+        {
+            try
+            {
+                await using var connection = await SourceFor(_primary).OpenConnectionAsync(ct);
+                return await query(connection);
+            }
+            // A connection the server cut while it idled (a restart's 57P01, or a broken socket); not a query's own error.
+            catch (NpgsqlException e) when (attempt == 1 && !ct.IsCancellationRequested
+                && (e is not PostgresException { SqlState: var state } || state.StartsWith("57") || state.StartsWith("08")))
+            {
+                SourceFor(_primary).Clear();
+            }
+        }
+    }
+
+    /// <summary>The highest WAL position known to exist: what the reader has received, or a check found.</summary>
+    ulong _knownWal;
 
     /// <summary>
     /// Subscribes after what <paramref name="since"/> names (an event's id, a read's position, or nothing: now), starting

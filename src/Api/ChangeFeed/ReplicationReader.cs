@@ -38,6 +38,7 @@ public sealed partial class ChangeFeed
             await foreach (var message in connection.StartReplication(slot, options, stop))
             {
                 await decoder.DecodeAsync(message, stop);
+                Known((ulong)message.WalEnd);
                 // The slot is temporary and never resumed from, so everything received can be released at once.
                 connection.SetReplicationStatus(message.WalEnd);
             }
@@ -115,9 +116,8 @@ public sealed partial class ChangeFeed
     /// Checks wal_level, creates the publication if it is missing (for the schema: a and b are dropped and created
     /// again by resets, and a publication FOR TABLE a, b would lose them) and reads the tables' current OIDs.
     /// </summary>
-    async Task<Dictionary<string, uint>> PrepareAsync(CancellationToken ct)
+    Task<Dictionary<string, uint>> PrepareAsync(CancellationToken ct) => QueryAsync(async connection =>
     {
-        await using var connection = await SourceFor(_primary).OpenConnectionAsync(ct);
         await using var command = connection.CreateCommand();
         command.CommandText = "SHOW wal_level";
         if (await command.ExecuteScalarAsync(ct) is not "logical")
@@ -136,25 +136,41 @@ public sealed partial class ChangeFeed
         while (await reader.ReadAsync(ct))
             tables[reader.GetString(0)] = (uint)reader.GetInt64(1);
         return tables;
-    }
+    }, ct);
 
     /// <summary>Whether the server's WAL has reached <paramref name="id"/>: ids from beyond it are none of this database's.</summary>
     async Task<bool> IsPastAsync(ulong lsn, CancellationToken ct)
     {
-        await using var connection = await SourceFor(_primary).OpenConnectionAsync(ct);
-        await using var command = new NpgsqlCommand("SELECT pg_current_wal_insert_lsn()::text", connection);
-        var current = NpgsqlTypes.NpgsqlLogSequenceNumber.Parse((string)(await command.ExecuteScalarAsync(ct))!);
-        return (ulong)current >= lsn;
+        if (lsn <= Interlocked.Read(ref _knownWal))
+            return true;
+        var current = await QueryAsync(async connection =>
+        {
+            await using var command = new NpgsqlCommand("SELECT pg_current_wal_insert_lsn()::text", connection);
+            return (ulong)NpgsqlTypes.NpgsqlLogSequenceNumber.Parse((string)(await command.ExecuteScalarAsync(ct))!);
+        }, ct);
+        Known(current);
+        return current >= lsn;
+    }
+
+    void Known(ulong wal)
+    {
+        for (var known = Interlocked.Read(ref _knownWal); wal > known; known = Interlocked.Read(ref _knownWal))
+            if (Interlocked.CompareExchange(ref _knownWal, wal, known) == known)
+                return;
     }
 
     /// <summary>The primary's snapshot now, as a read would record it.</summary>
     async Task<ReadSnapshot> SnapshotAsync(CancellationToken ct)
     {
-        await using var connection = await SourceFor(_primary).OpenConnectionAsync(ct);
-        await using var command = new NpgsqlCommand($"SELECT {ReadSnapshot.Columns}", connection);
-        await using var reader = await command.ExecuteReaderAsync(ct);
-        await reader.ReadAsync(ct);
-        return new ReadSnapshot(reader.GetString(0), reader.GetString(1));
+        var snapshot = await QueryAsync(async connection =>
+        {
+            await using var command = new NpgsqlCommand($"SELECT {ReadSnapshot.Columns}", connection);
+            await using var reader = await command.ExecuteReaderAsync(ct);
+            await reader.ReadAsync(ct);
+            return new ReadSnapshot(reader.GetString(0), reader.GetString(1));
+        }, ct);
+        Known((ulong)NpgsqlTypes.NpgsqlLogSequenceNumber.Parse(snapshot.Lsn));
+        return snapshot;
     }
 
     static uint SourceOf(ReplicationSystemIdentification system) => BinaryPrimitives.ReadUInt32BigEndian(

@@ -20,9 +20,13 @@ sealed class Spool : IAsyncDisposable
     /// <summary>Reads batches into the file until the body ends or holds more than <paramref name="maxRows"/> rows (A and B).</summary>
     public static async Task<Spool> FillAsync(IAsyncEnumerable<NewRows> batches, long maxRows, CancellationToken ct)
     {
-        // Deleted when closed, and by the kernel's unlinked-file rules if the process dies first: nothing is left behind.
-        var file = new FileStream(Path.Combine(Path.GetTempPath(), $"asyncormapi-ingest-{Guid.NewGuid():N}"), FileMode.CreateNew,
-            FileAccess.ReadWrite, FileShare.None, 1 << 16, FileOptions.DeleteOnClose);
+        // Unlinked as soon as it is open, so that nothing is left behind however the process ends (DeleteOnClose left a
+        // killed process's file); the kernel frees it when the stream closes. Windows cannot unlink an open file.
+        var path = Path.Combine(Path.GetTempPath(), $"asyncormapi-ingest-{Guid.NewGuid():N}");
+        var file = new FileStream(path, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None, 1 << 16,
+            OperatingSystem.IsWindows() ? FileOptions.DeleteOnClose : FileOptions.None);
+        if (!OperatingSystem.IsWindows())
+            File.Delete(path);
         var spool = new Spool(file, batches.GetAsyncEnumerator(ct));
         try
         {

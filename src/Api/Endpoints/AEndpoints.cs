@@ -41,7 +41,7 @@ public static class AEndpoints
             .WithSummary("The first A (lowest id) with its Bs")
             .WithDescription("Answers with a strong `ETag` (the row's version); `If-None-Match` with it gives 304. At most "
                 + $"{Queries.MaxRows:N0} of its Bs, with `\"bsHasMore\": true` when it has more (`GET /a/stream` has them all).")
-            .WithMetadata(Consistency.Token, new ReadSnapshot.Metadata())
+            .WithMetadata(Consistency.Token, ETags.IfNoneMatch, new ReadSnapshot.Metadata())
             .Produces(StatusCodes.Status304NotModified)
             .ProducesValidationProblem()
             .ProducesProblem(StatusCodes.Status404NotFound)
@@ -62,13 +62,14 @@ public static class AEndpoints
             .WithSummary("Sets the first A's data and commits")
             .WithDescription("With `If-Match` (an ETag of GET /a/first) the update happens only if the row is still at that "
                 + "version, else 412; without it the last write wins, as in the seed. The answer carries the new ETag.")
-            .WithMetadata(new RequestSizeLimitAttribute(MaxPatchBytes))
+            .WithMetadata(new RequestSizeLimitAttribute(MaxPatchBytes), ETags.IfMatch)
             .ProducesValidationProblem()
             .ProducesProblem(StatusCodes.Status404NotFound)
             .ProducesProblem(StatusCodes.Status412PreconditionFailed)
             .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
             .ProducesProblem(StatusCodes.Status415UnsupportedMediaType)
             .WriteLimited()
+            .Capped(slots => slots.Writes)
             .ProducesTimeout()
             .Idempotent();
 
@@ -132,18 +133,24 @@ public static class AEndpoints
         // xmin is the same on a standby as on the primary for the same row version: ETags hold on either.
         if (await replicas.ReadAsync(db, token, db => Queries.FirstAsync(db, ct, ReadSnapshot.On(http)), ct) is not { } first)
             return Problems.NoA();
+        if (!ETags.TryNoneMatchHits(ifNoneMatch, first.Version, out var hits))
+            return ETags.IfNoneMatch.Bad(ifNoneMatch!);
         ETags.Set(response, first.Version);
-        return ETags.NoneMatchHits(ifNoneMatch, first.Version)
-            ? TypedResults.StatusCode(StatusCodes.Status304NotModified)
-            : TypedResults.Ok(first.A);
+        return hits ? TypedResults.StatusCode(StatusCodes.Status304NotModified) : TypedResults.Ok(first.A);
     }
 
     static async Task<Results<AStreamResult, ValidationProblem>> Stream(int? after,
-        [FromHeader(Name = Consistency.Header)] ConsistencyToken? consistencyToken, AppDb db, Replicas replicas, HttpContext http, CancellationToken ct)
+        [FromHeader(Name = Consistency.Header)] ConsistencyToken? consistencyToken, AppDb db, Replicas replicas, IOptions<StreamOptions> options, HttpContext http,
+        CancellationToken ct)
     {
         var token = consistencyToken?.Lsn;
         // The standby connection stays lent until the stream has been written.
         http.Response.RegisterForDisposeAsync(await replicas.ReadFromStandbyAsync(db, token, ct));
+        // No client holds a snapshot for longer than Streams:MaxSeconds (VACUUM and POST /reset wait for it): the stream is
+        // cut as a broken connection is, and the client resumes with ?after=.
+        var limit = new CancellationTokenSource(TimeSpan.FromSeconds(options.Value.MaxSeconds));
+        limit.Token.Register(http.Abort);
+        http.Response.RegisterForDispose(limit);
         return new AStreamResult(turn => Queries.AllA(db, Paging.Start(after), turn, ReadSnapshot.On(http)));
     }
 
@@ -153,7 +160,8 @@ public static class AEndpoints
     {
         if (Problems.Validate(patch) is { } invalid)
             return invalid;
-        var accepted = ETags.Accepted(ifMatch);
+        if (!ETags.TryAccepted(ifMatch, out var accepted))
+            return ETags.IfMatch.Bad(ifMatch!);
 
         // One statement changes exactly one column of one row, checking the version in the same WHERE, so
         // no concurrent writer can slip between check and write. The answer is read back in the same

@@ -23,6 +23,7 @@ public static class AdminEndpoints
         var admin = routes.MapGroup("/").WithTags("Admin").RequireAdminKey("POST /reset, POST /seed")
             .ProducesProblem(StatusCodes.Status503ServiceUnavailable)
             .WriteLimited()
+            .Capped(slots => slots.Writes)
             .ProducesTimeout()
             .Idempotent();
 

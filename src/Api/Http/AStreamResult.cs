@@ -47,7 +47,7 @@ public sealed class AStreamResult(Func<FetchTurn, IAsyncEnumerable<ADto>> source
         // The window is written here and copied into the response once it is full: every write straight to Kestrel's pipe
         // takes its lock, and per A that was ~8% of a stream's CPU (perf; issue 20).
         var window = new ArrayBufferWriter<byte>(WindowCapacity);
-        await using var json = new Utf8JsonWriter(window, new JsonWriterOptions { SkipValidation = true });
+        await using var json = new Utf8JsonWriter(window, new JsonWriterOptions { SkipValidation = true, Encoder = MinimalJsonEncoder.Instance });
         try
         {
             // Each A is a JSON value of its own (the writer is reset after it, so that it can move to a new window); the

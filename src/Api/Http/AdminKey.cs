@@ -49,6 +49,15 @@ public static class AdminKey
         });
     }
 
+    /// <summary>Whether the request carries the configured admin key (in any environment; false when none is configured).</summary>
+    public static bool Holds(HttpContext http)
+    {
+        var key = http.RequestServices.GetRequiredService<IConfiguration>()[Setting];
+        var sent = http.Request.Headers[Header].ToString();
+        return !string.IsNullOrEmpty(key) && sent.Length > 0
+            && CryptographicOperations.FixedTimeEquals(SHA256.HashData(Encoding.UTF8.GetBytes(key)), SHA256.HashData(Encoding.UTF8.GetBytes(sent)));
+    }
+
     /// <summary>
     /// A request a browser sent on behalf of another site: it says so (<c>Sec-Fetch-Site: cross-site</c>), or its
     /// <c>Origin</c> is not this server's own host (<c>null</c> included). Clients that are not browsers send neither.

@@ -37,6 +37,20 @@ public sealed class ShutdownOptions
     public int TimeoutSeconds { get; set; } = 30;
 }
 
+/// <summary>Section <c>Writes</c>: concurrent PATCH /a/first, POST /seed and POST /reset, before their bodies are read.</summary>
+public sealed class WriteOptions
+{
+    public const string Section = "Writes";
+
+    /// <summary>24: a burst of two dozen concurrent read-modify-writes from one client still goes through.</summary>
+    [Range(1, 1_000_000, ErrorMessage = "Writes:PerClient must be from 1 to 1,000,000 (default 24).")]
+    public int PerClient { get; set; } = 24;
+
+    /// <summary>Unset: a quarter of the connection string's Max Pool Size.</summary>
+    [Range(1, 1_000_000, ErrorMessage = "Writes:Total must be from 1 to 1,000,000 (default a quarter of Max Pool Size).")]
+    public int? Total { get; set; }
+}
+
 /// <summary>Section <c>Streams</c>: concurrent GET /a/stream and POST /a.</summary>
 public sealed class StreamOptions
 {
@@ -48,6 +62,13 @@ public sealed class StreamOptions
     /// <summary>Unset: half of the connection string's Max Pool Size.</summary>
     [Range(1, 1_000_000, ErrorMessage = "Streams:Total must be from 1 to 1,000,000 (default half of Max Pool Size).")]
     public int? Total { get; set; }
+
+    /// <summary>
+    /// The longest a GET /a/stream holds its snapshot (a REPEATABLE READ transaction), however slowly its client reads:
+    /// then it is cut, and the client resumes with <c>?after=</c> the last id it got.
+    /// </summary>
+    [Range(1, 86_400, ErrorMessage = "Streams:MaxSeconds must be from 1 to 86,400 (default 600).")]
+    public int MaxSeconds { get; set; } = 600;
 }
 
 /// <summary>Section <c>Reset</c>.</summary>

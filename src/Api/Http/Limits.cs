@@ -23,6 +23,7 @@ public static class Limits
         Typed<TimeoutOptions>(services, TimeoutOptions.Section);
         Typed<ShutdownOptions>(services, ShutdownOptions.Section);
         Typed<StreamOptions>(services, StreamOptions.Section);
+        Typed<WriteOptions>(services, WriteOptions.Section);
         Typed<ResetOptions>(services, ResetOptions.Section);
         Typed<SeedOptions>(services, SeedOptions.Section);
         Typed<IngestOptions>(services, IngestOptions.Section);
@@ -71,6 +72,7 @@ public static class Limits
     public static WebApplication UseLimits(this WebApplication app)
     {
         app.UseRateLimiter();
+        app.UseSlots();
         // The timeout cancels HttpContext.RequestAborted, which every query is given: Npgsql then cancels the
         // query on the server, so nothing keeps running for an answer nobody will get.
         app.UseRequestTimeouts();

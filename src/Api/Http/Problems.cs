@@ -91,7 +91,7 @@ public static class Problems
     public static ProblemHttpResult TooManyStreams(HttpResponse response, string kind, int perClient)
     {
         response.Headers.RetryAfter = StreamSlots.RetryAfterSeconds.ToString();
-        return TypedResults.Problem(statusCode: StatusCodes.Status429TooManyRequests, title: "Too many open streams",
+        return TypedResults.Problem(statusCode: StatusCodes.Status429TooManyRequests, title: $"Too many open {kind}s",
             detail: $"This client has {perClient} {kind}s open, as many as one client may; nothing was done. Try again once one "
                 + $"has ended (in {StreamSlots.RetryAfterSeconds} seconds, say).");
     }
@@ -204,6 +204,13 @@ public static class Problems
                     : "")
                 + "An administrator grants what the API needs once, with script/sql/grant.sql (docs/deploy.md).");
 
+    /// <summary>A row without an id needs the next value of a sequence that has reached integer's largest (ids came that far).</summary>
+    public static ProblemHttpResult SequenceExhausted(PostgresException exhausted) =>
+        TypedResults.Problem(statusCode: StatusCodes.Status409Conflict, title: "An id sequence is exhausted",
+            detail: $"PostgreSQL: {exhausted.MessageText}. The table's ids have reached 2,147,483,647, the largest its integer id "
+                + "column holds, so no row without an id can be added; nothing was written. Send rows with ids of their own "
+                + "(POST /a), or start again with POST /reset.");
+
     /// <summary>Answers exceptions that escape a handler; anything unexpected is a 500 without internals.</summary>
     /// <remarks>ASP.NET Core 10 does not log exceptions that a handler answers: this one logs what is not the client's fault.</remarks>
     sealed class ExceptionToProblem(IHostEnvironment env, ILogger<ExceptionToProblem> log) : IExceptionHandler
@@ -224,7 +231,9 @@ public static class Problems
                     : TypedResults.Problem(statusCode: bad.StatusCode,
                         title: bad.StatusCode == StatusCodes.Status400BadRequest ? BadRequest : null, detail: Describe(http, bad));
             }
-            else if (Denied(exception) is { } denied)
+            else if (Postgres(exception, "2200H" /* sequence_generator_limit_exceeded */) is { } exhausted)
+                problem = SequenceExhausted(exhausted);
+            else if (Postgres(exception, PostgresErrorCodes.InsufficientPrivilege) is { } denied)
             {
                 log.LogWarning("{Method} {Path}: the database role lacks a privilege ({Error})", http.Request.Method, http.Request.Path,
                     denied.MessageText);
@@ -247,11 +256,11 @@ public static class Problems
             return true;
         }
 
-        static PostgresException? Denied(Exception exception)
+        static PostgresException? Postgres(Exception exception, string sqlState)
         {
             for (Exception? e = exception; e is not null; e = e.InnerException)
-                if (e is PostgresException { SqlState: PostgresErrorCodes.InsufficientPrivilege } denied)
-                    return denied;
+                if (e is PostgresException found && found.SqlState == sqlState)
+                    return found;
             return null;
         }
 

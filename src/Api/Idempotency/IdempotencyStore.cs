@@ -28,13 +28,22 @@ public static class IdempotencyStore
             IF to_regnamespace('{{Schema}}') IS NULL THEN CREATE SCHEMA {{Schema}}; END IF;
         END $$;
         CREATE TABLE IF NOT EXISTS {{Table}} (
-            key varchar({{IdempotencyKey.MaxLength}}) PRIMARY KEY,
+            caller varchar(64) NOT NULL DEFAULT '',
+            key varchar({{IdempotencyKey.MaxLength}}) NOT NULL,
             fingerprint bytea NOT NULL,
             status smallint NOT NULL,
             headers text[] NOT NULL,
             body bytea NOT NULL,
-            created_at timestamptz NOT NULL
+            created_at timestamptz NOT NULL,
+            PRIMARY KEY (caller, key)
         );
+        -- A table from before keys had callers: the column, and the key made (caller, key).
+        ALTER TABLE {{Table}} ADD COLUMN IF NOT EXISTS caller varchar(64) NOT NULL DEFAULT '';
+        DO $$ BEGIN
+            IF (SELECT indnatts FROM pg_index WHERE indrelid = '{{Table}}'::regclass AND indisprimary) = 1 THEN
+                ALTER TABLE {{Table}} DROP CONSTRAINT idempotency_keys_pkey, ADD PRIMARY KEY (caller, key);
+            END IF;
+        END $$;
         CREATE INDEX IF NOT EXISTS idempotency_keys_created_at ON {{Table}} (created_at);
         COMMENT ON TABLE {{Table}} IS 'AsyncOrmApi: the answers of writes sent with an Idempotency-Key, kept for Idempotency:Retention.';
         """;
@@ -58,17 +67,22 @@ public static class IdempotencyStore
     /// The lock is an advisory one on a 64-bit hash of the key: every API process on this database sees it, it ends with
     /// the transaction, and a crash or failover releases it. Two keys of one hash would only make one wait with a 409.
     /// </remarks>
-    public static async Task<Claim> ClaimAsync(AppDb db, IdempotencyKey key, TimeSpan retention, CancellationToken ct)
+    public static async Task<Claim> ClaimAsync(AppDb db, string caller, IdempotencyKey key, TimeSpan retention, CancellationToken ct)
     {
         var connection = (NpgsqlConnection)db.Database.GetDbConnection();
         await using var batch = new NpgsqlBatch(connection)
         {
             BatchCommands =
             {
-                new("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))") { Parameters = { new() { Value = key.Value } } },
-                new($"SELECT fingerprint, status, headers, body FROM {Table} WHERE key = $1 AND created_at > now() - $2")
+                new("SELECT pg_try_advisory_xact_lock(hashtextextended($1 || E'\\n' || $2, 0))")
+                    { Parameters = { new() { Value = caller }, new() { Value = key.Value } } },
+                new($"SELECT fingerprint, status, headers, body FROM {Table} WHERE caller = $1 AND key = $2 AND created_at > now() - $3")
                 {
-                    Parameters = { new() { Value = key.Value }, new() { Value = retention, NpgsqlDbType = NpgsqlDbType.Interval } },
+                    Parameters =
+                    {
+                        new() { Value = caller }, new() { Value = key.Value },
+                        new() { Value = retention, NpgsqlDbType = NpgsqlDbType.Interval },
+                    },
                 },
             },
         };
@@ -97,7 +111,7 @@ public static class IdempotencyStore
     /// of the transaction, so nothing is rolled back. A batch that fails before its COMMIT leaves the transaction failed,
     /// and the disposal rolls it back.
     /// </remarks>
-    public static async Task<string> StoreAndCommitAsync(AppDb db, IdempotencyKey key, byte[] fingerprint, StoredAnswer answer,
+    public static async Task<string> StoreAndCommitAsync(AppDb db, string caller, IdempotencyKey key, byte[] fingerprint, StoredAnswer answer,
         CancellationToken ct)
     {
         await using var batch = new NpgsqlBatch((NpgsqlConnection)db.Database.GetDbConnection())
@@ -105,9 +119,9 @@ public static class IdempotencyStore
             BatchCommands =
             {
                 new($"""
-                    INSERT INTO {Table} (key, fingerprint, status, headers, body, created_at)
-                    VALUES ($1, $2, $3, $4, $5, statement_timestamp())
-                    ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, status = excluded.status,
+                    INSERT INTO {Table} (key, fingerprint, status, headers, body, created_at, caller)
+                    VALUES ($1, $2, $3, $4, $5, statement_timestamp(), $6)
+                    ON CONFLICT (caller, key) DO UPDATE SET fingerprint = excluded.fingerprint, status = excluded.status,
                         headers = excluded.headers, body = excluded.body, created_at = excluded.created_at
                     """)
                 {
@@ -118,6 +132,7 @@ public static class IdempotencyStore
                         new() { Value = (short)answer.Status },
                         new() { Value = answer.Headers.Select(h => $"{h.Key}: {h.Value}").ToArray() },
                         new() { Value = answer.Body },
+                        new() { Value = caller },
                     },
                 },
                 new("COMMIT"),
@@ -150,8 +165,8 @@ public static class IdempotencyStore
                     int deleted;
                     do
                         deleted = await db.Database.ExecuteSqlAsync($"""
-                            DELETE FROM asyncormapi.idempotency_keys WHERE key IN (
-                                SELECT key FROM asyncormapi.idempotency_keys WHERE created_at <= now() - {retention}
+                            DELETE FROM asyncormapi.idempotency_keys WHERE (caller, key) IN (
+                                SELECT caller, key FROM asyncormapi.idempotency_keys WHERE created_at <= now() - {retention}
                                 ORDER BY created_at LIMIT {Batch} FOR UPDATE SKIP LOCKED)
                             """, stop);
                     while (deleted == Batch);

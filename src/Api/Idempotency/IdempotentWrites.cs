@@ -5,6 +5,7 @@ using System.Text;
 using AsyncOrmApi.Data;
 using AsyncOrmApi.Http;
 using Microsoft.AspNetCore.Http.Features;
+using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Options;
 
 namespace AsyncOrmApi.Idempotency;
@@ -56,10 +57,21 @@ public static class IdempotentWrites
                 var headers = http.Request.Headers[IdempotencyKey.Header];
                 if (headers.Count == 0)
                 {
-                    var result = await next(context);
-                    if (Succeeded(result))
-                        await Consistency.QueryAndSetAsync(db, http.Response, http.RequestAborted);
-                    return result;
+                    // The write and its token on one connection, held from before the write: after its commit a second
+                    // pooled connection may not come in time, and a write that committed is answered as done (250 PATCHes
+                    // at once on a fresh process answered 504 to every one that had committed).
+                    await db.Database.OpenConnectionAsync(http.RequestAborted);
+                    try
+                    {
+                        var result = await next(context);
+                        if (Succeeded(result))
+                            await TrySetTokenAsync(db, http);
+                        return result;
+                    }
+                    finally
+                    {
+                        await db.Database.CloseConnectionAsync();
+                    }
                 }
                 if (!IdempotencyKey.TryParse(headers, out var key))
                     return Problems.Invalid(IdempotencyKey.Header,
@@ -81,7 +93,8 @@ public static class IdempotentWrites
             // SaveChanges would otherwise set and release (two round trips) inside a transaction it did not begin. The
             // pooled context resets the flag when it is returned.
             db.Database.AutoSavepointsEnabled = false;
-            switch (await IdempotencyStore.ClaimAsync(db, key, retention, ct))
+            var caller = Caller(http);
+            switch (await IdempotencyStore.ClaimAsync(db, caller, key, retention, ct))
             {
                 case IdempotencyStore.Claim.Running:
                     return Problems.KeyInUse(http.Response);
@@ -100,7 +113,7 @@ public static class IdempotentWrites
                     var answer = await StoredAnswer.CaptureAsync(http, (IResult)result!);
                     // Commits tx, in the round trip that stores the answer.
                     http.Response.Headers[Consistency.Header] =
-                        await IdempotencyStore.StoreAndCommitAsync(db, key, fingerprint.GetHashAndReset(), answer, ct);
+                        await IdempotencyStore.StoreAndCommitAsync(db, caller, key, fingerprint.GetHashAndReset(), answer, ct);
                     return answer;
             }
         }
@@ -114,6 +127,26 @@ public static class IdempotentWrites
         await Consistency.QueryAndSetAsync(db, http.Response, ct);
         return stored;
     }
+
+    /// <summary>The token of a write that has committed, whatever happens to the request meanwhile; none if it cannot be read.</summary>
+    static async Task TrySetTokenAsync(AppDb db, HttpContext http)
+    {
+        try
+        {
+            await Consistency.QueryAndSetAsync(db, http.Response, CancellationToken.None);
+        }
+        catch (Exception e) when (e is Npgsql.NpgsqlException or InvalidOperationException or TimeoutException)
+        {
+            http.RequestServices.GetRequiredService<ILoggerFactory>().CreateLogger(typeof(IdempotentWrites))
+                .LogWarning(e, "{Method} {Path} committed; its Consistency-Token could not be read", http.Request.Method, http.Request.Path);
+        }
+    }
+
+    /// <summary>
+    /// Whose key it is: the admin key's holder, or else the client's address (behind a named proxy, the forwarded one).
+    /// Keys of one caller never meet another's, so no client can take a key another will send, or make it a 422.
+    /// </summary>
+    static string Caller(HttpContext http) => AdminKey.Holds(http) ? "admin" : $"client {http.Connection.RemoteIpAddress}";
 
     static bool Succeeded(object? result) => (result is INestedHttpResult nested ? nested.Result : result)
         is IStatusCodeHttpResult { StatusCode: >= 200 and < 300 };

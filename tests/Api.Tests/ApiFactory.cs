@@ -161,7 +161,22 @@ public sealed class ApiFactory : WebApplicationFactory<Program>, IAsyncLifetime
         var name = new NpgsqlConnectionStringBuilder(connectionString).Database;
         await using var server = new NpgsqlConnection(ServerConnectionString);
         await server.OpenAsync();
-        await new NpgsqlCommand($"DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)", server).ExecuteNonQueryAsync();
+        // A change feed's temporary slot goes with its replication connection, which a process killed a moment ago (or a
+        // host still stopping) may not have closed yet: its walsender is ended, and the drop tried again.
+        for (var attempt = 1; ; attempt++)
+        {
+            try
+            {
+                await new NpgsqlCommand($"DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)", server).ExecuteNonQueryAsync();
+                return;
+            }
+            catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.ObjectInUse && attempt < 20)
+            {
+                await new NpgsqlCommand($"SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = '{name}' "
+                    + "AND active_pid IS NOT NULL", server).ExecuteNonQueryAsync();
+                await Task.Delay(250);
+            }
+        }
     }
 
     /// <summary>Drops and creates the tables, as POST /reset does, but without going through HTTP.</summary>

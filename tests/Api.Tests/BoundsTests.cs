@@ -146,7 +146,7 @@ public sealed class BoundsTests(ApiFactory api) : ApiTest(api)
     public async Task The_feed_window_is_bounded_in_bytes_and_an_event_is_its_rows_utf8_size()
     {
         await Api.SeedAsync();
-        await using var app = Api.OnKestrel(("ChangeFeed:WindowBytes", "500000"));
+        await using var app = Api.OnKestrel(("ChangeFeed:WindowBytes", "500000"), ("Writes:MaxDataBytes", "200000"));
         using var client = ApiFactory.ClientFrom(app, "127.0.0.1");
         await using var feed = await Sse.OpenAsync(client);
 

@@ -2,6 +2,8 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Http.Json;
 using System.Text;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Mvc.Testing;
 using Npgsql;
 using static AsyncOrmApi.Tests.Assertions;
 
@@ -202,6 +204,42 @@ public sealed class HardeningTests(ApiFactory api) : ApiTest(api)
         using var response = await client.PatchAsJsonAsync("/a/first", new { data });
         await response.Content.ReadAsStringAsync();
         return response.StatusCode;
+    }
+
+    [Fact]
+    public async Task A_client_without_the_admin_key_writes_at_most_its_bytes_a_minute_refused_before_any_work()
+    {
+        await Api.SeedAsync();
+        await using var app = Api.WithWebHostBuilder(b => b.UseEnvironment("Production").UseSetting("Admin:ApiKey", "key")
+            .UseSetting("RateLimit:WriteBytesPerMinute", "5000").UseSetting("RateLimit:WritesPerMinute", "0"));
+        var client = app.CreateClient();
+        // Not across a minute's end, where the budget comes back between the requests.
+        var untilMinute = 60_000 - DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() % 60_000;
+        if (untilMinute < 5_000)
+            await Task.Delay(TimeSpan.FromMilliseconds(untilMinute + 100));
+        var data = new string('x', 2000);
+        Assert.Equal(HttpStatusCode.OK, (await client.PatchAsJsonAsync("/a/first", new { data = "1" + data })).StatusCode);
+        Assert.Equal(HttpStatusCode.OK, (await client.PatchAsJsonAsync("/a/first", new { data = "2" + data })).StatusCode);
+        var refused = await client.PatchAsJsonAsync("/a/first", new { data = "3" + data });
+        var problem = await ProblemAsync(refused, HttpStatusCode.TooManyRequests);
+        Assert.Contains("RateLimit:WriteBytesPerMinute", problem.GetProperty("detail").GetString());
+        Assert.InRange(refused.Headers.RetryAfter!.Delta!.Value.TotalSeconds, 1, 60);
+        Assert.StartsWith("2", await Api.ScalarAsync<string>("SELECT data FROM a WHERE id = 1"));
+        // The admin key's holder is not charged.
+        client.DefaultRequestHeaders.Add("X-Api-Key", "key");
+        Assert.Equal(HttpStatusCode.OK, (await client.PatchAsJsonAsync("/a/first", new { data = "4" + data })).StatusCode);
+    }
+
+    [Fact]
+    public async Task Data_longer_than_Writes_MaxDataBytes_is_a_400_naming_it()
+    {
+        await Api.SeedAsync();
+        await using var app = Api.With(("Writes:MaxDataBytes", "8"));
+        var client = app.CreateClient();
+        Assert.Equal(HttpStatusCode.OK, (await client.PatchAsJsonAsync("/a/first", new { data = "new data" })).StatusCode);
+        var problem = await ProblemAsync(await client.PatchAsJsonAsync("/a/first", new { data = "é new data" }), HttpStatusCode.BadRequest);
+        Assert.Contains("Writes:MaxDataBytes", problem.GetProperty("errors").GetProperty("data")[0].GetString());
+        Assert.Equal("new data", await Api.ScalarAsync<string>("SELECT data FROM a WHERE id = 1"));
     }
 
     [Fact]

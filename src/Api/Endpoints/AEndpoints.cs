@@ -155,11 +155,14 @@ public static class AEndpoints
     }
 
     static async Task<Results<Ok<ADto>, ValidationProblem, ProblemHttpResult>> PatchFirst(
-        [FromBody] PatchA patch, [FromHeader(Name = "If-Match")] string? ifMatch,
+        [FromBody] PatchA patch, [FromHeader(Name = "If-Match")] string? ifMatch, IOptions<WriteOptions> writes,
         AppDb db, HttpResponse response, CancellationToken ct)
     {
         if (Problems.Validate(patch) is { } invalid)
             return invalid;
+        if (System.Text.Encoding.UTF8.GetByteCount(patch.Data!) is var bytes && bytes > writes.Value.MaxDataBytes)
+            return Problems.Invalid("data", $"data must be at most {writes.Value.MaxDataBytes:N0} bytes of UTF-8 (setting "
+                + $"Writes:MaxDataBytes); it was {bytes:N0}.");
         if (!ETags.TryAccepted(ifMatch, out var accepted))
             return ETags.IfMatch.Bad(ifMatch!);
 

@@ -17,6 +17,15 @@ public sealed class RateLimitOptions
 
     [Range(0, int.MaxValue, ErrorMessage = "RateLimit:ReadsPerMinute must be 0 (off) or a positive integer (default off).")]
     public int? ReadsPerMinute { get; set; }
+
+    public const int DefaultWriteBytesPerMinute = 16 * 1024 * 1024;
+
+    /// <summary>
+    /// The request bytes a client without the admin key may write per minute (what its writes store: rows, answers kept
+    /// for its keys, and their WAL, grow with them). Unset: 16 MiB outside Development, off in Development.
+    /// </summary>
+    [Range(0, int.MaxValue, ErrorMessage = "RateLimit:WriteBytesPerMinute must be 0 (off) or a positive integer (default 16 MiB outside Development).")]
+    public int? WriteBytesPerMinute { get; set; }
 }
 
 /// <summary>Section <c>Timeouts</c>.</summary>
@@ -49,6 +58,10 @@ public sealed class WriteOptions
     /// <summary>Unset: a quarter of the connection string's Max Pool Size.</summary>
     [Range(1, 1_000_000, ErrorMessage = "Writes:Total must be from 1 to 1,000,000 (default a quarter of Max Pool Size).")]
     public int? Total { get; set; }
+
+    /// <summary>The most UTF-8 bytes a PATCH /a/first may set <c>data</c> to: the seed's values are a few bytes.</summary>
+    [Range(1, 1_000_000, ErrorMessage = "Writes:MaxDataBytes must be from 1 to 1,000,000 (default 65,536).")]
+    public int MaxDataBytes { get; set; } = 64 * 1024;
 }
 
 /// <summary>Section <c>Streams</c>: concurrent GET /a/stream and POST /a.</summary>

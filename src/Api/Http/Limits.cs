@@ -45,6 +45,7 @@ public static class Limits
 
         // Caps on the long requests (streams, ingests, change feed subscriptions).
         services.AddSingleton<StreamSlots>();
+        services.AddSingleton<WriteBytes>();
 
         // On SIGTERM: requests in flight get this long to finish (a stream its rest, an ingest its body); then their
         // connections are cut, and an ingest cut so is rolled back. Change feed subscriptions end at once.
@@ -72,6 +73,7 @@ public static class Limits
     public static WebApplication UseLimits(this WebApplication app)
     {
         app.UseRateLimiter();
+        app.UseWriteBytes();
         app.UseSlots();
         // The timeout cancels HttpContext.RequestAborted, which every query is given: Npgsql then cancels the
         // query on the server, so nothing keeps running for an answer nobody will get.
@@ -79,9 +81,61 @@ public static class Limits
         return app;
     }
 
-    /// <summary>Counts against the write budget: PATCH, reset, seed, ingest.</summary>
+    /// <summary>Counts against the write budgets (requests, and bytes for clients without the admin key): PATCH, reset, seed, ingest.</summary>
     public static TBuilder WriteLimited<TBuilder>(this TBuilder builder) where TBuilder : IEndpointConventionBuilder =>
-        builder.RequireRateLimiting(Writes).ProducesProblem(StatusCodes.Status429TooManyRequests);
+        builder.RequireRateLimiting(Writes).WithMetadata(new WriteBytes.Metadata()).ProducesProblem(StatusCodes.Status429TooManyRequests);
+
+    /// <summary>
+    /// The bytes budget: each write of a client without the admin key is charged its body's length (its Content-Length,
+    /// or the endpoint's body limit when it sends none) before it runs, per client and clock minute, as the write budget.
+    /// </summary>
+    sealed class WriteBytes(IOptions<RateLimitOptions> limits, IHostEnvironment env) : IDisposable
+    {
+        public sealed class Metadata;
+
+        readonly int _perMinute = limits.Value.WriteBytesPerMinute ?? (env.IsDevelopment() ? 0 : RateLimitOptions.DefaultWriteBytesPerMinute);
+
+        readonly PartitionedRateLimiter<HttpContext> _budget = PartitionedRateLimiter.Create<HttpContext, string>(http =>
+            RateLimitPartition.GetFixedWindowLimiter(
+                $"{http.Connection.RemoteIpAddress}/{TimeProvider.System.GetUtcNow().Ticks / Window.Ticks}", _ => new()
+                {
+                    PermitLimit = Math.Max(1, limits.Value.WriteBytesPerMinute ?? (env.IsDevelopment() ? 0 : RateLimitOptions.DefaultWriteBytesPerMinute)),
+                    Window = 2 * Window,
+                    QueueLimit = 0,
+                }));
+
+        /// <summary>The problem that refuses the request, or null when its bytes fit this minute's budget (or none applies).</summary>
+        public IResult? TryCharge(HttpContext http)
+        {
+            if (_perMinute <= 0 || AdminKey.Holds(http))
+                return null;
+            // A request without a body costs nothing; a body of unknown length is charged the whole minute's budget.
+            if (http.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpRequestBodyDetectionFeature>() is { CanHaveBody: false })
+                return null;
+            var bytes = http.Request.ContentLength ?? _perMinute;
+            if (bytes == 0)
+                return null;
+            if (bytes <= _perMinute)
+            {
+                using var lease = _budget.AttemptAcquire(http, (int)bytes);
+                if (lease.IsAcquired)
+                    return null;
+            }
+            return Problems.TooManyBytes(http.Response, UntilNextWindow(), _perMinute);
+        }
+
+        public void Dispose() => _budget.Dispose();
+    }
+
+    static WebApplication UseWriteBytes(this WebApplication app)
+    {
+        var bytes = app.Services.GetRequiredService<WriteBytes>();
+        app.Use((http, next) =>
+            http.GetEndpoint()?.Metadata.GetMetadata<WriteBytes.Metadata>() is not null && bytes.TryCharge(http) is { } refused
+                ? refused.ExecuteAsync(http)
+                : next(http));
+        return app;
+    }
 
     /// <summary>Counts against the read budget: the reads of A with their Bs (GET /a, GET /a/first, the stream, the feed).</summary>
     public static TBuilder ReadLimited<TBuilder>(this TBuilder builder) where TBuilder : IEndpointConventionBuilder =>

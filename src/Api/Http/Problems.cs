@@ -79,6 +79,15 @@ public static class Problems
             detail: $"PostgreSQL cannot be reached; nothing was changed. Try again in {RetryAfterSeconds} seconds.");
     }
 
+    public static ProblemHttpResult TooManyBytes(HttpResponse response, TimeSpan wait, int perMinute)
+    {
+        var seconds = Math.Max(1, (int)Math.Ceiling(wait.TotalSeconds));
+        response.Headers.RetryAfter = seconds.ToString();
+        return TypedResults.Problem(statusCode: StatusCodes.Status429TooManyRequests, title: "Too many bytes written",
+            detail: $"This client's writes have used this minute's {perMinute:N0} bytes (RateLimit:WriteBytesPerMinute); nothing was "
+                + $"done. Try again in {seconds} seconds.");
+    }
+
     public static ProblemHttpResult TooManyRequests(HttpResponse response, TimeSpan wait)
     {
         var seconds = Math.Max(1, (int)Math.Ceiling(wait.TotalSeconds));

@@ -132,6 +132,43 @@ public sealed class HighAvailabilityTests(Formation formation) : IClassFixture<F
     }
 
     [FormationFact]
+    public async Task A_read_on_a_lagging_standby_hands_off_to_the_feed_with_exactly_the_changes_it_did_not_see()
+    {
+        await EventuallyAsync("a primary and a standby", formation.SettledAsync, seconds: 60);
+        await TokenOf(await Client.PostAsync("/reset", null));
+        var seeded = await TokenOf(await Client.PostAsync("/seed", null));
+        // Replayed by the standby (past the feed's slot too, which this first read started), then paused there.
+        Assert.Equal(3, (await JsonArrayAsync(await GetAsync("/a", seeded))).Count);
+        var standby = await StandbyAsync();
+        var primaryNow = await formation.ScalarAsync<string>((await formation.PrimaryAsync())!.Value, "SELECT pg_current_wal_lsn()::text");
+        await EventuallyAsync("the standby caught up", async () =>
+            await formation.ScalarAsync<bool?>(standby, $"SELECT pg_last_wal_replay_lsn() >= '{primaryNow}'::pg_lsn") == true);
+        await formation.ScalarAsync<object>(standby, "SELECT pg_wal_replay_pause()");
+        string position;
+        try
+        {
+            await TokenOf(await Client.PatchAsJsonAsync("/a/first", new { data = "while paused" }));
+            await TokenOf(await Client.PostAsync("/seed", null));
+            // The standby's read: the seed's rows as they were, and where its snapshot ends.
+            using var read = await GetAsync("/a");
+            var rows = await JsonArrayAsync(read);
+            Assert.Equal(("a1", 3), (rows[0].Data, rows.Count));
+            position = Assert.Single(read.Headers.GetValues("Change-Position"));
+        }
+        finally
+        {
+            await formation.ScalarAsync<object>(standby, "SELECT pg_wal_replay_resume()");
+        }
+        await using var feed = await Sse.OpenAsync(Client, query: $"?after={position}");
+        Assert.Equal(HttpStatusCode.OK, feed.Response.StatusCode);
+        // Exactly the writes the standby had not replayed: the PATCH, then the second seed's 3 A and 5 B.
+        var events = await feed.TakeUntilQuietAsync(TimeSpan.FromSeconds(2), TimeSpan.FromSeconds(20));
+        Assert.Equal(["a.update", "a.insert", "a.insert", "a.insert", "b.insert", "b.insert", "b.insert", "b.insert", "b.insert"],
+            events.Select(e => e.Type));
+        Assert.Equal("while paused", events[0].RowData);
+    }
+
+    [FormationFact]
     public async Task A_reads_token_gets_the_write_even_while_the_standby_lags_and_without_it_the_standby_answers()
     {
         await EventuallyAsync("a primary and a standby", formation.SettledAsync, seconds: 60);

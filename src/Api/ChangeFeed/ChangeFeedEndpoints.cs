@@ -29,7 +29,8 @@ public static class ChangeFeedEndpoints
         var feed = app.Services.GetRequiredService<ChangeFeed>();
         app.Use(async (http, next) =>
         {
-            if (http.GetEndpoint()?.Metadata.GetMetadata<ReadSnapshot.Metadata>() is null
+            // Not for the warm start's own requests: a process that only starts holds no slot.
+            if (http.GetEndpoint()?.Metadata.GetMetadata<ReadSnapshot.Metadata>() is null || Http.WarmStart.IsWarmUp(http)
                 || await feed.PositionSourceAsync(http.RequestAborted) is not { } source)
             {
                 await next(http);

@@ -50,6 +50,11 @@ public sealed class ChangeLog(uint source, ulong startLsn, int window, long wind
 
     public uint Source => source;
 
+    readonly TaskCompletionSource _wanted = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>Completes at the first subscription: the reader streams from then on.</summary>
+    public Task Wanted => _wanted.Task;
+
     /// <summary>How many changes the window holds now, and their event data in bytes (for /metrics).</summary>
     public (long Events, long Bytes) Size
     {
@@ -152,6 +157,7 @@ public sealed class ChangeLog(uint source, ulong startLsn, int window, long wind
                 for (cursor = _tail; cursor < _head && position.Saw(_ring[cursor % _ring.Length].Xid);)
                     cursor++;
             var subscriber = new Subscriber(cursor, since, cut);
+            _wanted.TrySetResult();
             _subscribers.Add(subscriber);
             return subscriber;
         }

@@ -29,6 +29,18 @@ public sealed partial class ChangeFeed
             started.SetResult(changes);
             _log.LogInformation("Change feed reading slot {Slot} from {Lsn}", slot.Name, slot.ConsistentPoint);
 
+            // Streamed only once someone subscribes: a read needs the slot (so that its position can be served), not its
+            // changes, and a streaming walsender is a busy session of the database's. Until then the slot keeps the WAL
+            // since its start, for at most IdleSeconds; a subscription then decodes it from there.
+            var created = Environment.TickCount64;
+            while (!changes.Wanted.IsCompleted)
+            {
+                if (Environment.TickCount64 - created > _idle.TotalMilliseconds)
+                    return;
+                await Task.WhenAny(changes.Wanted, Task.Delay(TimeSpan.FromSeconds(1), stop));
+                stop.ThrowIfCancellationRequested();
+            }
+
             using var idle = new PeriodicTimer(TimeSpan.FromSeconds(5));
             _ = StopWhenIdleAsync(connection, changes, idle, stopper);
             using var heartbeat = new PeriodicTimer(Heartbeat);

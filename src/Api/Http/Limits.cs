@@ -43,7 +43,7 @@ public static class Limits
                 Problems.TooManyRequests(context.HttpContext.Response, UntilNextWindow()).ExecuteAsync(context.HttpContext));
         });
 
-        // Caps on the long requests (streams, ingests, change feed subscriptions).
+        // Caps on the requests that hold a connection or a socket: streams, ingests, change feed subscriptions, writes.
         services.AddSingleton<StreamSlots>();
         services.AddSingleton<WriteBytes>();
 
@@ -87,7 +87,7 @@ public static class Limits
 
     /// <summary>
     /// The bytes budget: each write of a client without the admin key is charged its body's length (its Content-Length,
-    /// or the endpoint's body limit when it sends none) before it runs, per client and clock minute, as the write budget.
+    /// or the whole minute's budget when it sends none) before it runs, per client and clock minute, as the write budget.
     /// </summary>
     sealed class WriteBytes(IOptions<RateLimitOptions> limits, IHostEnvironment env) : IDisposable
     {

@@ -64,7 +64,7 @@ public sealed partial class ChangeFeed : IAsyncDisposable
     string _primary = "";                                // the connection string of the server the reader reads
     // The feed's own queries (setup, a subscription's snapshot, id checks), per primary it has read: named, so that /metrics
     // labels the pool "asyncormapi-changefeed" and not by its connection string. A failover adds one. Pooled, so that no
-    // subscription opens a session of its own (60 clients resuming from beyond the WAL opened 591 before); a pooled
+    // subscription opens a session of its own (docs/design.md, "Bounds per resource"); a pooled
     // connection that did not survive a PostgreSQL restart is dropped and the query tried once more (QueryAsync).
     readonly ConcurrentDictionary<string, NpgsqlDataSource> _sources = new();
 

@@ -89,20 +89,22 @@ public static class Limits
     /// The bytes budget: each write of a client without the admin key is charged its body's length (its Content-Length,
     /// or the whole minute's budget when it sends none) before it runs, per client and clock minute, as the write budget.
     /// </summary>
-    sealed class WriteBytes(IOptions<RateLimitOptions> limits, IHostEnvironment env) : IDisposable
+    sealed class WriteBytes : IDisposable
     {
         public sealed class Metadata;
 
-        readonly int _perMinute = limits.Value.WriteBytesPerMinute ?? (env.IsDevelopment() ? 0 : RateLimitOptions.DefaultWriteBytesPerMinute);
+        readonly int _perMinute;
+        readonly PartitionedRateLimiter<HttpContext> _budget;
 
-        readonly PartitionedRateLimiter<HttpContext> _budget = PartitionedRateLimiter.Create<HttpContext, string>(http =>
-            RateLimitPartition.GetFixedWindowLimiter(
-                $"{http.Connection.RemoteIpAddress}/{TimeProvider.System.GetUtcNow().Ticks / Window.Ticks}", _ => new()
-                {
-                    PermitLimit = Math.Max(1, limits.Value.WriteBytesPerMinute ?? (env.IsDevelopment() ? 0 : RateLimitOptions.DefaultWriteBytesPerMinute)),
-                    Window = 2 * Window,
-                    QueueLimit = 0,
-                }));
+        public WriteBytes(IOptions<RateLimitOptions> limits, IHostEnvironment env)
+        {
+            _perMinute = limits.Value.WriteBytesPerMinute ?? (env.IsDevelopment() ? 0 : RateLimitOptions.DefaultWriteBytesPerMinute);
+            var permits = Math.Max(1, _perMinute);
+            // Per client and clock minute, as the write budget's partitions (PerClient).
+            _budget = PartitionedRateLimiter.Create<HttpContext, string>(http => RateLimitPartition.GetFixedWindowLimiter(
+                $"{http.Connection.RemoteIpAddress}/{TimeProvider.System.GetUtcNow().Ticks / Window.Ticks}",
+                _ => new() { PermitLimit = permits, Window = 2 * Window, QueueLimit = 0 }));
+        }
 
         /// <summary>The problem that refuses the request, or null when its bytes fit this minute's budget (or none applies).</summary>
         public IResult? TryCharge(HttpContext http)

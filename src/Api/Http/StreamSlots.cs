@@ -27,8 +27,7 @@ public sealed class StreamSlots : IDisposable
     public Cap Subscribers { get; }
     /// <summary>
     /// The short writes: a quarter of the pool by default, taken before the body is read, so that writers sending large
-    /// bodies hold neither the pool nor the memory (150 clients sending 1 MiB PATCHes held all 100 connections, and
-    /// GET /a/first waited up to 12 s; 300 such bodies at once grew the process by 1.5 GB).
+    /// bodies hold neither the pool nor the memory (docs/design.md, "Bounds per resource").
     /// </summary>
     public Cap Writes { get; }
 

@@ -58,8 +58,8 @@ public static class IdempotentWrites
                 if (headers.Count == 0)
                 {
                     // The write and its token on one connection, held from before the write: after its commit a second
-                    // pooled connection may not come in time, and a write that committed is answered as done (250 PATCHes
-                    // at once on a fresh process answered 504 to every one that had committed).
+                    // pooled connection may not come in time, and a write that committed is answered as done
+                    // (docs/design.md, "Bounds per resource").
                     await db.Database.OpenConnectionAsync(http.RequestAborted);
                     try
                     {
